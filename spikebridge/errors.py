@@ -1,0 +1,19 @@
+"""User-facing errors: one clear sentence, shown by the CLI without a traceback (exit code 2)."""
+
+from __future__ import annotations
+
+
+class SpikebridgeError(Exception):
+    """Base of every error caused by bad input (data, config, checkpoint, mapping)."""
+
+
+class DataError(SpikebridgeError):
+    """A dataset file is missing, truncated or malformed."""
+
+
+class ConfigError(SpikebridgeError):
+    """A configuration key or value is invalid."""
+
+
+class ModelError(SpikebridgeError):
+    """A model cannot be built, loaded, mapped or converted as asked."""

@@ -1,0 +1,141 @@
+"""Model names -> constructors, and :func:`build`, the one way to make a model.
+
+Each architecture is a tiny function registered by name (timm style). ``build`` takes the
+same keyword options as the CLI and configs (``--width`` -> ``width=``, ...), so a run
+folder's ``config.json`` rebuilds its model with ``build(**config["model"])``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from spikebridge.errors import ConfigError
+from spikebridge.models.resnet import ActivationSpec, ResNet
+
+_REGISTRY: dict[str, Callable[..., ResNet]] = {}
+
+FOUR_STAGE_WIDTHS = (64, 128, 256, 512)
+THREE_STAGE_WIDTHS = (16, 32, 64)
+
+
+def register_model(name: str) -> Callable[[Callable[..., ResNet]], Callable[..., ResNet]]:
+    def decorator(fn: Callable[..., ResNet]) -> Callable[..., ResNet]:
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY, key=lambda n: (len(n), n))
+
+
+def _four_stage(block: str, layers: tuple[int, ...]) -> Callable[..., ResNet]:
+    return lambda **kw: ResNet(block, layers, FOUR_STAGE_WIDTHS, **kw)
+
+
+def _three_stage(depth: int, block: str = "basic") -> Callable[..., ResNet]:
+    per_block = 2 if block == "basic" else 3
+    n = (depth - 2) // (3 * per_block)
+    return lambda **kw: ResNet(block, (n, n, n), THREE_STAGE_WIDTHS, **kw)
+
+
+for _name, _block, _layers in [
+    ("resnet18", "basic", (2, 2, 2, 2)),
+    ("resnet34", "basic", (3, 4, 6, 3)),
+    ("resnet50", "bottleneck", (3, 4, 6, 3)),
+    ("resnet101", "bottleneck", (3, 4, 23, 3)),
+    ("resnet152", "bottleneck", (3, 8, 36, 3)),
+]:
+    register_model(_name)(_four_stage(_block, _layers))
+
+for _depth in (20, 32, 44, 56, 110, 1202):
+    register_model(f"resnet{_depth}")(_three_stage(_depth))
+register_model("resnet164")(_three_stage(164, "bottleneck"))
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model (stored in a run folder's ``config.json``).
+
+    ``neuron`` (``lif`` / ``if``) makes the model spiking; otherwise ``activation``
+    (``relu`` / ``clip`` / ``qcfs``) is the ANN nonlinearity.
+    """
+
+    name: str = "resnet18"
+    num_classes: int = 10
+    in_channels: int = 3
+    width: float = 1.0  # channel multiplier on every stage
+    neuron: str | None = None  # None = ANN; "lif" (IDSNN, METHODS 1.1) or "if" (METHODS 2.1)
+    activation: str = "relu"  # ANN activation: relu | clip | qcfs (METHODS 2.2)
+    timesteps: int = 4  # T, used when spiking
+    block: str = "post-add"  # residual structure: post-add | pre-add (METHODS 2.5)
+    threshold: float | None = None  # θ (LIF 0.5, IF 1.0) or initial λ of clip/qcfs (8.0)
+    decay: float = 0.25  # LIF leak (METHODS 1.1)
+    surrogate: str = "rect"  # rect | sigmoid | atan
+    surrogate_alpha: float | None = None  # surrogate width/sharpness; None = its default
+    phi: float = 0.5  # IF initial potential, fraction of θ (METHODS 2.1)
+    qcfs_levels: int = 8  # L for the qcfs activation
+    stem_padding: int = 1  # 3 reproduces the IDSNN authors' stem quirk
+    neuron_backend: str = "fused"  # fused | loop (reference)
+
+    def activation_spec(self) -> ActivationSpec:
+        return ActivationSpec(
+            kind=self.neuron or self.activation,
+            timesteps=self.timesteps if self.neuron else 1,
+            threshold=self.threshold,
+            decay=self.decay,
+            surrogate=self.surrogate,
+            surrogate_alpha=self.surrogate_alpha,
+            phi=self.phi,
+            qcfs_levels=self.qcfs_levels,
+            neuron_backend=self.neuron_backend,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_config_keys() -> list[str]:
+    return [f.name for f in fields(ModelConfig)]
+
+
+def check_model_name(name: str) -> None:
+    if name not in _REGISTRY:
+        near = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"unknown model {name!r}{hint}; available: {', '.join(list_models())}")
+
+
+def build(name: str = "resnet18", **kwargs: Any) -> ResNet:
+    """Build a registered model. Keyword options are the fields of :class:`ModelConfig`.
+
+    Example: ``build("resnet18", num_classes=10, in_channels=1, neuron="lif", timesteps=4)``.
+    Unset (``None``) options keep their defaults; unknown options are refused by name.
+    """
+    check_model_name(name)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k == "neuron"}
+    unknown = sorted(set(kwargs) - set(model_config_keys()))
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], model_config_keys(), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"unknown model option {unknown[0]!r}{hint}")
+    return build_from_config(ModelConfig(name=name, **kwargs))
+
+
+def build_from_config(cfg: ModelConfig) -> ResNet:
+    """Build the model a :class:`ModelConfig` describes."""
+    check_model_name(cfg.name)
+    model = _REGISTRY[cfg.name](
+        num_classes=cfg.num_classes,
+        in_channels=cfg.in_channels,
+        width=cfg.width,
+        act=cfg.activation_spec(),
+        structure=cfg.block,
+        stem_padding=cfg.stem_padding,
+    )
+    model.config = cfg  # type: ignore[assignment]
+    return model

@@ -1,0 +1,230 @@
+"""Multi-step spiking neurons: ``[T, B, ...]`` in, ``[T, B, ...]`` out, no state kept.
+
+Every neuron is charge -> fire -> reset over T steps (one call simulates the whole
+window, so nothing leaks between batches and nothing needs resetting):
+
+- charge: ``h_t = decay · v_{t-1} + x_t``, with ``v_0 = φ·θ`` (initial potential)
+- fire:   ``o_t = 1[h_t > θ]`` (strict) or ``1[h_t >= θ]``
+- reset:  ``v_t = h_t · (1 - o_t)`` (hard, to 0) or ``v_t = h_t - θ·o_t`` (subtract)
+
+IDSNN's LIF (METHODS 1.1) is ``decay=0.25, θ=0.5, strict, hard, φ=0, detached reset``;
+the converted IF (METHODS 2.1) is ``decay=1, subtract, non-strict, φ=0.5`` and emits
+``o_t·θ``. Two backends compute the same function:
+
+- ``loop``: plain per-step autograd, the reference the tests compare against;
+- ``fused``: one autograd node whose forward and hand-written BPTT backward each run the
+  whole time loop, compiled with ``torch.compile`` into a single kernel on CPU and GPU
+  (set ``SPIKEBRIDGE_COMPILE=0`` to run the same kernels eagerly). Only ``h`` is saved.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from spikebridge.errors import ConfigError
+from spikebridge.nn.surrogate import (
+    DEFAULT_ALPHA,
+    check_surrogate,
+    heaviside,
+    spike,
+    surrogate_grad,
+)
+
+RESETS = ("hard", "subtract")
+BACKENDS = ("fused", "loop")
+
+
+def _forward_kernel(
+    x: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor, decay: float, hard: bool, strict: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the neuron over ``x[T, B, ...]``; return spikes and pre-reset potentials ``h``."""
+    v = v0.expand_as(x[0])
+    spikes, potentials = [], []
+    for t in range(x.shape[0]):
+        h = decay * v + x[t]
+        o = heaviside(h - theta, strict)
+        v = h * (1 - o) if hard else h - theta * o
+        spikes.append(o)
+        potentials.append(h)
+    return torch.stack(spikes), torch.stack(potentials)
+
+
+def _backward_kernel(
+    grad: torch.Tensor,
+    h: torch.Tensor,
+    theta: torch.Tensor,
+    decay: float,
+    hard: bool,
+    strict: bool,
+    detach_reset: bool,
+    surrogate: str,
+    alpha: float,
+) -> torch.Tensor:
+    """BPTT through the charge/fire/reset recursion; returns ``dL/dx[T, B, ...]``."""
+    grad_v = torch.zeros_like(grad[0])
+    grads = []
+    for t in range(grad.shape[0] - 1, -1, -1):
+        v = h[t] - theta
+        sg = surrogate_grad(v, surrogate, alpha)
+        if hard:
+            dv_dh = 1 - heaviside(v, strict)
+            if not detach_reset:
+                dv_dh = dv_dh - h[t] * sg
+        else:
+            dv_dh = torch.ones_like(v) if detach_reset else 1 - theta * sg
+        grad_h = grad[t] * sg + grad_v * dv_dh
+        grads.append(grad_h)
+        grad_v = grad_h * decay
+    grads.reverse()
+    return torch.stack(grads)
+
+
+_COMPILED: dict[str, Callable[..., Any]] = {}
+
+
+def _compile_enabled() -> bool:
+    return os.environ.get("SPIKEBRIDGE_COMPILE", "1") not in ("0", "false", "no")
+
+
+def _kernel(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The compiled version of a kernel (compiled once, shape-dynamic), or ``fn`` itself."""
+    if not _compile_enabled():
+        return fn
+    if name not in _COMPILED:
+        try:
+            _COMPILED[name] = torch.compile(fn, dynamic=True)
+        except Exception as exc:  # pragma: no cover - depends on the platform's compiler
+            warnings.warn(
+                f"torch.compile unavailable ({exc}); running neuron kernels eagerly", stacklevel=2
+            )
+            _COMPILED[name] = fn
+    return _COMPILED[name]
+
+
+class _FusedNeuron(torch.autograd.Function):
+    """One autograd node for the whole time loop; saves only the potentials ``h``."""
+
+    @staticmethod
+    def forward(ctx, x, theta, v0, decay, hard, strict, detach_reset, surrogate, alpha):  # type: ignore[override]
+        spikes, h = _kernel("forward", _forward_kernel)(x, theta, v0, decay, hard, strict)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(h, theta)
+            ctx.config = (decay, hard, strict, detach_reset, surrogate, alpha)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        h, theta = ctx.saved_tensors
+        grad_x = _kernel("backward", _backward_kernel)(grad.contiguous(), h, theta, *ctx.config)
+        return (grad_x,) + (None,) * 8
+
+
+class SpikingNeuron(nn.Module):
+    """Multi-step neuron with charge/fire/reset dynamics (see module docstring).
+
+    Args:
+        threshold: θ; a float, or a per-channel tensor ``[C]`` (channel-wise thresholds).
+        decay: membrane leak per step (1.0 = IF, 0.25 = IDSNN's LIF).
+        reset: ``hard`` (to 0) or ``subtract`` (by θ).
+        strict: fire on ``u > θ`` (True) or ``u >= θ`` (False).
+        phi: initial potential as a fraction of θ (``v_0 = φ·θ``).
+        surrogate, alpha: surrogate gradient and its shape parameter.
+        detach_reset: stop the gradient through the reset gate (METHODS 1.1).
+        emit_threshold: output ``o·θ`` instead of ``o`` (converted networks, METHODS 2.1).
+        backend: ``fused`` (default) or ``loop`` (reference).
+    """
+
+    def __init__(
+        self,
+        threshold: float | torch.Tensor = 0.5,
+        decay: float = 0.25,
+        reset: str = "hard",
+        strict: bool = True,
+        phi: float = 0.0,
+        surrogate: str = "rect",
+        alpha: float | None = None,
+        detach_reset: bool = True,
+        emit_threshold: bool = False,
+        backend: str = "fused",
+    ) -> None:
+        super().__init__()
+        if reset not in RESETS:
+            raise ConfigError(f"unknown reset {reset!r}; expected one of {', '.join(RESETS)}")
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown neuron backend {backend!r}; expected one of {BACKENDS}")
+        self.register_buffer("threshold", torch.as_tensor(threshold, dtype=torch.float32).clone())
+        self.register_buffer("phi", torch.as_tensor(phi, dtype=torch.float32).clone())
+        self.decay, self.reset, self.strict = float(decay), reset, strict
+        self.surrogate = check_surrogate(surrogate)
+        self.alpha = float(DEFAULT_ALPHA[surrogate] if alpha is None else alpha)
+        self.detach_reset, self.emit_threshold, self.backend = detach_reset, emit_threshold, backend
+
+    def _broadcast(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Shape a scalar or per-channel ``[C]`` parameter for one step ``x[t]`` of ``[B, C, ...]``."""
+        p = p.to(dtype=x.dtype, device=x.device)
+        return p if p.dim() == 0 else p.view(-1, *([1] * (x.dim() - 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Simulate ``x[T, B, ...]`` (input currents) and return spikes ``[T, B, ...]``."""
+        theta = self._broadcast(self.threshold, x)
+        v0 = self._broadcast(self.phi, x) * theta
+        hard = self.reset == "hard"
+        if self.backend == "fused":
+            spikes = _FusedNeuron.apply(
+                x, theta, v0, self.decay, hard, self.strict, self.detach_reset,
+                self.surrogate, self.alpha,
+            )  # fmt: skip
+        else:
+            spikes = self._loop(x, theta, v0, hard)
+        return spikes * theta if self.emit_threshold else spikes
+
+    def _loop(
+        self, x: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor, hard: bool
+    ) -> torch.Tensor:
+        """Reference implementation: per-step autograd with the surrogate spike function."""
+        v = v0.expand_as(x[0])
+        spikes = []
+        for t in range(x.shape[0]):
+            h = self.decay * v + x[t]
+            o = spike(h - theta, self.surrogate, self.alpha, self.strict)
+            gate = o.detach() if self.detach_reset else o
+            v = h * (1 - gate) if hard else h - theta * gate
+            spikes.append(o)
+        return torch.stack(spikes)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # θ and φ may be scalars or per-channel: adopt the stored shape before loading.
+        for name in ("threshold", "phi"):
+            key = prefix + name
+            if key in state_dict:
+                current = getattr(self, name)
+                setattr(self, name, current.new_empty(state_dict[key].shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        th = self.threshold.item() if self.threshold.dim() == 0 else f"[{self.threshold.numel()}]"
+        return (
+            f"threshold={th}, decay={self.decay}, reset={self.reset}, strict={self.strict}, "
+            f"surrogate={self.surrogate}({self.alpha}), backend={self.backend}"
+        )
+
+
+def LIF(threshold: float = 0.5, decay: float = 0.25, **kwargs: Any) -> SpikingNeuron:
+    """IDSNN's leaky integrate-and-fire neuron (METHODS 1.1): strict, hard reset, detached."""
+    kwargs.setdefault("reset", "hard")
+    kwargs.setdefault("strict", True)
+    return SpikingNeuron(threshold=threshold, decay=decay, **kwargs)
+
+
+def IF(threshold: float = 1.0, phi: float = 0.5, **kwargs: Any) -> SpikingNeuron:
+    """Integrate-and-fire neuron for conversion (METHODS 2.1): subtract reset, ``u >= θ``."""
+    kwargs.setdefault("reset", "subtract")
+    kwargs.setdefault("strict", False)
+    kwargs.setdefault("emit_threshold", True)
+    return SpikingNeuron(threshold=threshold, decay=1.0, phi=phi, **kwargs)
