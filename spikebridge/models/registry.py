@@ -80,6 +80,8 @@ class ModelConfig:
     phi: float = 0.5  # IF initial potential, fraction of θ (METHODS 2.1)
     qcfs_levels: int = 8  # L for the qcfs activation
     stem_padding: int = 1  # 3 reproduces the IDSNN authors' stem quirk
+    stem: str = "3x3"  # 3x3 (small images) | 7x7 (ImageNet style, stride 2 + pooling)
+    stem_pool: str = "avg"  # after a 7x7 stem: avg (spiking-friendly) | max (torchvision) | none
     neuron_backend: str = "fused"  # fused | loop (reference)
 
     def activation_spec(self) -> ActivationSpec:
@@ -136,6 +138,8 @@ def build_from_config(cfg: ModelConfig) -> ResNet:
         act=cfg.activation_spec(),
         structure=cfg.block,
         stem_padding=cfg.stem_padding,
+        stem=cfg.stem,
+        stem_pool=cfg.stem_pool,
     )
     model.config = cfg  # type: ignore[assignment]
     return model

@@ -30,6 +30,8 @@ from spikebridge.nn.temporal import SpikingSite, fold, threshold_dependent_bn, u
 ACTIVATIONS = ("relu", "clip", "qcfs")
 NEURONS = ("lif", "if")
 STRUCTURES = ("post-add", "pre-add")
+STEMS = ("3x3", "7x7")
+STEM_POOLS = ("avg", "max", "none")
 
 
 @dataclass
@@ -163,6 +165,19 @@ class Bottleneck(nn.Module):
         return self.act3(self.branch(x) + identity)
 
 
+def _stem(cin: int, cout: int, kind: str, pool: str, padding: int) -> tuple[nn.Conv2d, nn.Module]:
+    """The stem convolution and the pooling after it (identity for the small-image stem)."""
+    if kind not in STEMS or pool not in STEM_POOLS:
+        raise ConfigError(
+            f"unknown stem {kind!r} / stem pooling {pool!r}; expected {STEMS} and {STEM_POOLS}"
+        )
+    if kind == "3x3":
+        return conv3x3(cin, cout, padding=padding), nn.Identity()
+    conv = nn.Conv2d(cin, cout, 7, stride=2, padding=3, bias=False)
+    pools = {"avg": nn.AvgPool2d(3, 2, 1), "max": nn.MaxPool2d(3, 2, 1), "none": nn.Identity()}
+    return conv, pools[pool]
+
+
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
     "basic": BasicBlock,
     "bottleneck": Bottleneck,
@@ -179,6 +194,10 @@ class ResNet(nn.Module):
         act: activation/neuron spec for every site.
         structure: ``post-add`` or ``pre-add``.
         stem_padding: 1 by default; 3 reproduces the IDSNN authors' quirk (32x32 -> 34x34).
+        stem: ``3x3`` (stride 1, no pooling: CIFAR / Fashion-MNIST) or ``7x7`` (ImageNet style:
+            7x7 stride-2 conv, then a 3x3 stride-2 pooling).
+        stem_pool: pooling after a ``7x7`` stem: ``avg`` (default; spikes in, rates out, so it
+            converts and stays event-driven), ``max`` (torchvision's ANN) or ``none``.
     """
 
     def __init__(
@@ -192,6 +211,8 @@ class ResNet(nn.Module):
         act: ActivationSpec | None = None,
         structure: str = "post-add",
         stem_padding: int = 1,
+        stem: str = "3x3",
+        stem_pool: str = "avg",
     ) -> None:
         super().__init__()
         if structure not in STRUCTURES:
@@ -202,7 +223,7 @@ class ResNet(nn.Module):
         self.block_type, self.structure = block, structure
         norm = self._norm_factory()
         chans = [max(1, round(w * width)) for w in widths]
-        self.conv1 = conv3x3(in_channels, chans[0], padding=stem_padding)
+        self.conv1, self.stem_pool = _stem(in_channels, chans[0], stem, stem_pool, stem_padding)
         self.bn1, self.act1 = norm(chans[0]), self.act_spec()
         block_cls, cin = BLOCKS[block], chans[0]
         self.stages = nn.ModuleList()
@@ -252,7 +273,7 @@ class ResNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate features ``[T*B, C]`` (``T = 1`` for an ANN)."""
-        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.stem_pool(self.act1(self.bn1(self.conv1(x))))
         for stage in self.stages:
             x = stage(x)
         return torch.flatten(self.pool(x), 1)
