@@ -47,7 +47,9 @@ class _Layout:
 
     @property
     def expected(self) -> str:
-        return f"the {self.title} python-version folder {self.folder}/, its parent, or {self.tarball}"
+        return (
+            f"the {self.title} python-version folder {self.folder}/, its parent, or {self.tarball}"
+        )
 
 
 _LAYOUTS = {
@@ -71,15 +73,19 @@ _LAYOUTS = {
     ),
 }
 
-# The only globals a CIFAR batch pickle needs (numpy arrays, numpy scalars, and the
-# bytes helper of protocol-2 pickles written by Python 3), under numpy 1 and 2 names.
+# The only globals a CIFAR batch pickle needs (numpy arrays by protocol <= 4 and 5,
+# numpy scalars, the bytes helper of protocol-2 pickles written by Python 3), under
+# numpy 1 and numpy 2 module names.
 _RECONSTRUCT = np.ndarray((0,)).__reduce__()[0]
+_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
 _SCALAR = np.int64(0).__reduce__()[0]
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
     ("numpy.core.multiarray", "scalar"): _SCALAR,
     ("numpy._core.multiarray", "scalar"): _SCALAR,
     ("_codecs", "encode"): codecs.encode,
@@ -167,7 +173,11 @@ def _decode(blob: bytes, origin: str, layout: _Layout) -> tuple[np.ndarray, np.n
         raise DataError(
             f"{origin} holds b'data' of {data.dtype} {data.shape}; expected uint8 (N, {_ROW})."
         )
-    if labels.shape != (len(data),) or labels.dtype.kind not in "iu" or not _in_range(labels, layout):
+    if (
+        labels.shape != (len(data),)
+        or labels.dtype.kind not in "iu"
+        or not _in_range(labels, layout)
+    ):
         raise DataError(
             f"{origin} holds {labels.shape} labels; expected {len(data)} integers "
             f"in 0..{layout.num_classes - 1}."
@@ -196,7 +206,9 @@ def load_cifar(data_dir: str | os.PathLike[str] | None, num_classes: int = 10) -
         raise ConfigError(f"CIFAR num_classes is {num_classes}; expected 10 or 100.")
     layout = _LAYOUTS[num_classes]
     if data_dir is None:
-        raise DataError(f"{layout.title} has no default location; pass --data-dir with {layout.expected}.")
+        raise DataError(
+            f"{layout.title} has no default location; pass --data-dir with {layout.expected}."
+        )
     source = _resolve(Path(data_dir), layout)
     blobs = _read_tar(source, layout) if source.is_file() else _read_folder(source, layout)
     train_x, train_y = _stack(blobs, layout.train, source, layout)

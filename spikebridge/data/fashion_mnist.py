@@ -59,7 +59,9 @@ def _read_bytes(path: Path) -> bytes:
 def _parse_header(path: Path, data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
     """Validate the IDX header and return (dtype, dims, header length in bytes)."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path} has a bad magic number {data[:4].hex()!r}; expected {_IDX_FORMAT}.")
+        raise DataError(
+            f"{path} has a bad magic number {data[:4].hex()!r}; expected {_IDX_FORMAT}."
+        )
     code, ndim = data[2], data[3]
     if code not in IDX_DTYPES:
         raise DataError(
