@@ -51,10 +51,12 @@ def seeded_generator(*keys: int) -> torch.Generator:
     """Return a CPU generator seeded from the integers ``keys`` (e.g. seed, epoch).
 
     ``numpy.random.SeedSequence`` mixes the keys, so (1, 0) and (0, 1) give unrelated streams.
+    The key count goes first because SeedSequence ignores trailing zeros: without it (s, 0)
+    and (s,) would be the same stream.
     """
     if any(key < 0 for key in keys):
         raise ConfigError(f"Seeds and epochs must be non-negative integers; got {keys}.")
-    state = np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0]
+    state = np.random.SeedSequence([len(keys), *keys]).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
 
 
