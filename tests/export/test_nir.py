@@ -1,0 +1,288 @@
+"""NIR export: round trip, refusals, and equivalence with a forward-Euler NIR simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikebridge.errors import ModelError
+from spikebridge.models import ActivationSpec, ResNet, build
+from spikebridge.nn import LIF, Clip, SpikingSite, fold
+
+nir = pytest.importorskip("nir")
+from spikebridge.export.nir import export_nir, import_nir  # noqa: E402
+
+T = 3
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics so that folding is actually tested; eval mode."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.mul_(1 + 0.3 * torch.rand(c, generator=g))
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
+    return model.eval()
+
+
+def _topological(graph) -> list[str]:  # type: ignore[no-untyped-def]
+    preds = {n: {s for s, d in graph.edges if d == n} for n in graph.nodes}
+    order: list[str] = []
+    while len(order) < len(preds):
+        ready = [n for n in preds if n not in order and preds[n] <= set(order)]
+        assert ready, "graph has a cycle"
+        order.extend(sorted(ready))
+    return order
+
+
+def _apply(node, x: torch.Tensor, state: dict, name: str, dt: float) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """One NIR node for one step, by the NIR definitions (Euler with dt) + our metadata."""
+    p = {k: torch.as_tensor(v) for k, v in vars(node).items() if isinstance(v, np.ndarray)}
+    ints = lambda a: tuple(int(i) for i in np.atleast_1d(a))  # noqa: E731
+    if isinstance(node, nir.Conv2d):
+        return F.conv2d(x, p["weight"].double(), p["bias"].double(), ints(node.stride),
+                        ints(node.padding), ints(node.dilation), int(node.groups))  # fmt: skip
+    if isinstance(node, nir.Affine):
+        return x @ p["weight"].double().T + p["bias"].double()
+    if isinstance(node, nir.AvgPool2d):
+        return F.avg_pool2d(x, ints(node.kernel_size), ints(node.stride), ints(node.padding))
+    if isinstance(node, nir.Flatten):
+        assert node.start_dim == 0  # unbatched NIR dims: batched dim 1
+        return x.flatten(1)
+    if isinstance(node, nir.Scale):
+        return x * p["scale"].double()
+    if isinstance(node, nir.Output):
+        return x
+    meta = node.metadata
+    v = state.get(name, torch.as_tensor(meta["v_init"]).double().expand_as(x))
+    if isinstance(node, nir.LIF):
+        tau, r = p["tau"].double(), p["r"].double()
+        v = v + dt / tau * (p["v_leak"].double() - v + r * x)
+    else:
+        v = v + dt * p["r"].double() * x
+    thr = p["v_threshold"].double()
+    s = (v > thr if bool(meta["strict"]) else v >= thr).double()
+    hard = str(meta["reset"]) == "hard"
+    state[name] = torch.where(s > 0, p["v_reset"].double(), v) if hard else v - thr * s
+    return s
+
+
+def _simulate(graph, images: torch.Tensor, steps: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Run a NIR graph for ``steps`` with the image as a constant input: ``[T, B, K]``."""
+    order = _topological(graph)
+    dt, state, outs = float(graph.metadata["dt"]), {}, []
+    for _ in range(steps):
+        vals: dict[str, torch.Tensor] = {}
+        for name in order:
+            node = graph.nodes[name]
+            if isinstance(node, nir.Input):
+                vals[name] = images.double()
+                continue
+            x = sum(vals[s] for s, d in graph.edges if d == name)
+            vals[name] = _apply(node, x, state, name, dt)
+        outs.append(vals["output"])
+    return torch.stack(outs)
+
+
+MODELS = {
+    "lif-post-add": lambda: build("resnet20", width=0.25, neuron="lif", timesteps=T),
+    "if-pre-add": lambda: build("resnet20", width=0.25, neuron="if", block="pre-add", timesteps=T),
+    "if-post-add-bottleneck": lambda: ResNet(
+        "bottleneck", (1, 1, 1), (16, 32, 64), width=0.25, act=ActivationSpec("if", T)
+    ),
+    "lif-pre-add-bottleneck": lambda: ResNet(
+        "bottleneck", (1, 1, 1), (16, 32, 64), width=0.25, act=ActivationSpec("lif", T),
+        structure="pre-add",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_exported_graph_reproduces_the_model_step_by_step(name: str) -> None:
+    torch.manual_seed(0)
+    model = _randomize_bn(MODELS[name]())
+    images = torch.randn(3, 3, 16, 16)
+    graph = export_nir(model, None, input_shape=(3, 16, 16))
+    with torch.no_grad():
+        ours = model.forward_steps(images).double()
+    theirs = _simulate(graph, images, T)
+    assert ours.std(dim=1).max() > 1e-3  # logits differ between images: spikes reach the head
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+def _set_channelwise_thresholds(model: nn.Module, images: torch.Tensor) -> None:
+    """Give every site a per-channel θ ``[C]`` (as a loaded state dict would)."""
+    channels: dict[nn.Module, int] = {}
+
+    def hook(site: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        channels[site] = output.shape[1]
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, SpikingSite)]
+    with torch.no_grad():
+        model(images)
+    for h in hooks:
+        h.remove()
+    g = torch.Generator().manual_seed(1)
+    for site, c in channels.items():
+        site.neuron.threshold = 0.5 + torch.rand(c, generator=g)
+
+
+def test_channelwise_thresholds_and_initial_potential_are_exported() -> None:
+    torch.manual_seed(0)
+    model = _randomize_bn(build("resnet20", width=0.25, neuron="if", phi=0.5, timesteps=T))
+    images = torch.randn(2, 3, 16, 16)
+    _set_channelwise_thresholds(model, images)
+    graph = export_nir(model, None, input_shape=(3, 16, 16))
+    act1, theta = graph.nodes["act1"], model.act1.neuron.threshold.numpy()
+    assert theta.shape == (4,)
+    np.testing.assert_allclose(act1.v_threshold[:, 0, 0], theta)
+    np.testing.assert_allclose(act1.metadata["v_init"][:, 3, 5], 0.5 * theta)
+    np.testing.assert_allclose(graph.nodes["act1.scale"].scale[:, 1, 1], theta)
+    with torch.no_grad():
+        ours = model.forward_steps(images).double()
+    torch.testing.assert_close(_simulate(graph, images, T), ours, rtol=1e-4, atol=1e-4)
+
+
+def test_parameters_map_decay_exactly_under_forward_euler() -> None:
+    model = build("resnet20", width=0.25, neuron="lif", decay=0.25, threshold=0.5).eval()
+    graph = export_nir(model, None, input_shape=(3, 8, 8), dt=1e-3)
+    lif = graph.nodes["act1"]
+    assert isinstance(lif, nir.LIF) and lif.tau.shape == (4, 8, 8)
+    np.testing.assert_allclose(1 - 1e-3 / lif.tau, 0.25, rtol=1e-6)  # v ← decay·v + ...
+    np.testing.assert_allclose(1e-3 / lif.tau * lif.r, 1.0, rtol=1e-6)  # ... + x
+    np.testing.assert_allclose(lif.v_threshold, 0.5)
+    assert lif.metadata["reset"] == "hard" and lif.metadata["strict"] is True
+    ifm = export_nir(build("resnet20", width=0.25, neuron="if").eval(), None, (3, 8, 8), dt=1e-3)
+    assert isinstance(ifm.nodes["act1"], nir.IF)
+    np.testing.assert_allclose(ifm.nodes["act1"].r * 1e-3, 1.0)
+    assert ifm.nodes["act1"].metadata["reset"] == "subtract"
+    assert ("act1", "act1.scale") in ifm.edges
+
+
+def _as_comparable(value):  # type: ignore[no-untyped-def]
+    if isinstance(value, dict):
+        return {k: _as_comparable(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, (str, np.str_)):
+        return str(value)
+    return np.asarray(value, dtype=np.float64)
+
+
+def _assert_same(a, b, where: str = "") -> None:  # type: ignore[no-untyped-def]
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, str):
+        assert a == b, where
+    else:
+        np.testing.assert_allclose(a, b, err_msg=where)
+
+
+@pytest.mark.parametrize("name", ["lif-post-add", "if-pre-add"])
+def test_round_trip_through_a_file(tmp_path: Path, name: str) -> None:
+    model = _randomize_bn(MODELS[name]())
+    path = tmp_path / "model.nir"
+    graph = export_nir(model, path, input_shape=(3, 16, 16))
+    back = import_nir(path)
+    direct = nir.read(path)
+    assert set(back.nodes) == set(graph.nodes) == set(direct.nodes)
+    assert sorted(back.edges) == sorted(graph.edges) == sorted(direct.edges)
+    for key, node in graph.nodes.items():
+        assert type(back.nodes[key]) is type(node), key
+        _assert_same(_as_comparable(node.to_dict()), _as_comparable(back.nodes[key].to_dict()), key)
+    _assert_same(_as_comparable(graph.metadata), _as_comparable(back.metadata))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_residual_edges_sum_into_the_right_nodes() -> None:
+    post = export_nir(build("resnet20", width=0.25, neuron="lif").eval(), None, (3, 8, 8))
+    into = lambda g, n: sorted(s for s, d in g.edges if d == n)  # noqa: E731
+    assert into(post, "stages.0.1.act2") == ["stages.0.0.act2", "stages.0.1.conv2"]
+    assert into(post, "stages.1.0.act2") == ["stages.1.0.conv2", "stages.1.0.shortcut.conv"]
+    pre = export_nir(build("resnet20", width=0.25, neuron="if", block="pre-add").eval(), None,
+                     (3, 8, 8))  # fmt: skip
+    # block 2's input = its act2 output + block 1's act2 output + stem output (identities)
+    assert into(pre, "stages.0.2.conv1") == [
+        "act1.scale", "stages.0.0.act2.scale", "stages.0.1.act2.scale"
+    ]  # fmt: skip
+    assert into(pre, "stages.1.1.conv1") == [
+        "stages.1.0.act2.scale",
+        "stages.1.0.shortcut.act.scale",
+    ]
+
+
+def test_sequential_chain_exports_and_matches() -> None:
+    torch.manual_seed(0)
+    model = _randomize_bn(nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), SpikingSite(LIF(backend="loop"), T),
+        nn.AvgPool2d(2), nn.Conv2d(4, 6, 3, padding=1, bias=True),
+        SpikingSite(LIF(backend="loop"), T), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(6, 5),
+    ))  # fmt: skip
+    graph = export_nir(model, None, input_shape=(1, 8, 8))
+    kinds = {n: type(node).__name__ for n, node in graph.nodes.items()}
+    assert kinds == {
+        "input": "Input",
+        "0": "Conv2d",
+        "2": "LIF",
+        "3": "AvgPool2d",
+        "4": "Conv2d",
+        "5": "LIF",
+        "6": "AvgPool2d",
+        "7": "Flatten",
+        "8": "Affine",
+        "output": "Output",
+    }  # fmt: skip  (the BatchNorm "1" is folded into conv "0")
+    images = torch.randn(2, 1, 8, 8) * 2
+    with torch.no_grad():
+        ours = model(fold(images.unsqueeze(0).expand(T, *images.shape))).view(T, 2, 5)
+    torch.testing.assert_close(_simulate(graph, images, T), ours.double(), rtol=1e-4, atol=1e-4)
+
+
+def test_unsupported_layers_are_refused() -> None:
+    with pytest.raises(ModelError, match="spiking"):
+        export_nir(build("resnet20", width=0.25, activation="clip"), None, (3, 8, 8))
+    snn = build("resnet20", width=0.25, neuron="lif").eval()
+    snn.pool = nn.MaxPool2d(8)
+    with pytest.raises(ModelError, match="'pool' \\(MaxPool2d\\).*average pooling"):
+        export_nir(snn, None, (3, 8, 8))
+    site = SpikingSite(LIF(), T)
+    chain = nn.Sequential(nn.Conv2d(1, 2, 3), site, nn.MaxPool2d(2))
+    with pytest.raises(ModelError, match="'2' \\(MaxPool2d\\)"):
+        export_nir(chain, None, (1, 8, 8))
+    mixed = nn.Sequential(nn.Conv2d(1, 2, 3), site, nn.Conv2d(2, 2, 1), Clip())
+    with pytest.raises(ModelError, match="'3' \\(Clip\\)"):
+        export_nir(mixed, None, (1, 8, 8))
+
+
+def test_import_of_missing_or_broken_files_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        import_nir(tmp_path / "missing.nir")
+    broken = tmp_path / "broken.nir"
+    broken.write_bytes(b"not hdf5")
+    with pytest.raises(ModelError, match="not a readable NIR graph"):
+        import_nir(broken)
+
+
+def test_converted_model_with_folded_batchnorm_exports_and_matches() -> None:
+    convert = pytest.importorskip("spikebridge.methods.convert")
+    torch.manual_seed(0)
+    model = _randomize_bn(MODELS["if-pre-add"]())
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        before = model.forward_steps(images).double()
+    convert.fold_batchnorm(model)  # BN -> Identity, convs get a bias (converted layout)
+    graph = export_nir(model, None, input_shape=(3, 16, 16))
+    assert graph.nodes["conv1"].metadata["folded_batchnorm"] is False
+    assert np.abs(graph.nodes["conv1"].bias).max() > 0
+    torch.testing.assert_close(_simulate(graph, images, T), before, rtol=1e-4, atol=1e-4)
