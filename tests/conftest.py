@@ -9,4 +9,5 @@ import os
 import torch
 
 os.environ.setdefault("SPIKEBRIDGE_COMPILE", "0")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: on a shared 2-core machine idle OpenMP threads busy-wait and slow small models 10x.
+torch.set_num_threads(1)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass, replace
 
 import torch
 from torch import nn
@@ -266,10 +266,15 @@ class ResNet(nn.Module):
         """Simulate ``timesteps`` steps from now on (spiking models only)."""
         if not self.spiking:
             raise ConfigError("set_timesteps applies to spiking models; this one is an ANN")
+        if int(timesteps) < 1:
+            raise ConfigError(f"timesteps must be >= 1, got {timesteps}")
         self.act_spec.timesteps = int(timesteps)
         for m in self.modules():
             if isinstance(m, SpikingSite):
                 m.timesteps = int(timesteps)
+        config = getattr(self, "config", None)
+        if is_dataclass(config) and hasattr(config, "timesteps"):  # keep the rebuild recipe in step
+            self.config = replace(config, timesteps=int(timesteps))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate features ``[T*B, C]`` (``T = 1`` for an ANN)."""

@@ -1,0 +1,154 @@
+"""``spikebridge`` command line: thin subcommands (parse, build config, call a library function).
+
+Adding a subcommand is one entry in :data:`SUBCOMMANDS`: a help line, a function that adds
+its arguments to an ``argparse`` parser, and a function that runs it and returns an exit
+code. Config-driven commands use :func:`spikebridge.config.add_config_arguments` with the
+sections they need, so every field of those sections becomes an option automatically.
+
+Errors caused by bad input (:class:`SpikebridgeError`) print ``error: <sentence>`` to stderr
+and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from spikebridge import __version__
+from spikebridge.config import TRAIN_SECTIONS, add_config_arguments, config_from_args
+from spikebridge.engine.runs import eval_run, stored_config, train_run
+from spikebridge.errors import ConfigError, SpikebridgeError
+
+
+class Subcommand(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, TRAIN_SECTIONS)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The headline lines printed at the end of a training run."""
+    lines = [
+        f"run folder: {summary['run_dir']}",
+        f"test accuracy (model selected on validation, epoch {summary['best_epoch']}): "
+        f"{_percent(summary['test_accuracy'])}",
+        f"validation accuracy: {_percent(summary['val_accuracy'])}   "
+        f"final-epoch test: {_percent(summary['final_test_accuracy'])}   "
+        f"best test over epochs (paper-comparison figure): "
+        f"{_percent(summary['best_test_accuracy'])}",
+    ]
+    by_t = summary.get("accuracy_by_timestep")
+    if by_t:
+        lines.append(
+            "test accuracy by t: " + "  ".join(f"{t}:{_percent(a)}" for t, a in by_t.items())
+        )
+    return "\n".join(lines)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``spikebridge train``: resolve the config (a resumed run starts from its stored one)."""
+    config = config_from_args(args, TRAIN_SECTIONS)
+    if config.train.resume:
+        config = config_from_args(args, TRAIN_SECTIONS, base=stored_config(config.train.out))
+    summary = train_run(config)
+    print(format_summary(summary))
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def parse_timesteps(text: str) -> int | list[int]:
+    """``"4"`` -> 4 (every t <= 4); ``"1,2,4"`` -> [1, 2, 4]."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--timesteps is {text!r}; expected T or a list like 1,2,4.") from None
+    if not values:
+        raise ConfigError("--timesteps is empty; expected T or a list like 1,2,4.")
+    return values[0] if "," not in text else values
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN", help="run folder (written by spikebridge train)")
+    parser.add_argument("--timesteps", help="SNN: a T (reports every t <= T) or a list 1,2,4 "
+                        "(one pass at the largest); default: the model's T")  # fmt: skip
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="which split to evaluate (default: test)")  # fmt: skip
+    parser.add_argument("--data-dir", help="dataset folder, if it moved (default: the run's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
+
+
+def format_eval(report: dict[str, Any]) -> str:
+    """A compact table: one row per time-step."""
+    head = f"{report['run_dir']}: {report['split']} split, {report['samples']} images"
+    rows = ["     t   accuracy      loss"]
+    for t, acc in report["accuracy_by_timestep"].items():
+        rows.append(f"{t:>6} {_percent(acc):>10} {report['loss_by_timestep'][t]:>9.4f}")
+    return "\n".join([head, *rows])
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``spikebridge eval RUN``: accuracy at the requested time-steps; writes eval.json."""
+    timesteps = parse_timesteps(args.timesteps) if args.timesteps else None
+    report = eval_run(
+        args.run_dir, timesteps, args.split, args.data_dir, args.device, args.batch_size
+    )
+    print(format_eval(report))
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "train": Subcommand(
+        "train an ANN, or an SNN with --neuron lif --timesteps T", add_train_arguments, run_train
+    ),
+    "eval": Subcommand(
+        "evaluate a run folder's model at every t <= T", add_eval_arguments, run_eval
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per entry of :data:`SUBCOMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="spikebridge", description="Accurate low-latency spiking neural networks from ANNs."
+    )
+    parser.add_argument("--version", action="version", version=f"spikebridge {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(_run_command=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``spikebridge`` command line; returns the exit code (2 for bad input)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, argparse usage errors
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return args._run_command(args)
+    except SpikebridgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume --out RUN_DIR", file=sys.stderr)
+        return 130

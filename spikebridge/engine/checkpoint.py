@@ -1,0 +1,213 @@
+"""Run-folder files: safetensors weights, JSON config/summary, resume state; all atomic.
+
+DESIGN "a run is a folder" and "checkpoints rebuild themselves":
+
+- ``config.json``: the resolved config; ``config["model"]`` rebuilds the model;
+- ``model.safetensors``: the selected (best-validation) weights of the unwrapped module;
+- ``last.safetensors`` + ``train_state.pt``: the latest epoch, for ``--resume``;
+- ``metrics.jsonl``: one JSON line per epoch; ``summary.json``: final results.
+
+Every file is written to a temporary file in the same folder and moved into place with
+``os.replace``, so an interrupted write never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from spikebridge.config import build_section
+from spikebridge.errors import ModelError
+from spikebridge.models import build_from_config
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+BEST_WEIGHTS = "model.safetensors"
+LAST_WEIGHTS = "last.safetensors"
+TRAIN_STATE = "train_state.pt"
+SUMMARY_FILE = "summary.json"
+FILE_MODE = 0o644
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DDP / DataParallel
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600 files; run folders are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write a text file."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a JSON-lines file (empty list when it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
+    """Atomically (re)write a JSON-lines file: one record per line."""
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def unwrap_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip ``_orig_mod.`` / ``module.`` prefixes (torch.compile, DDP) from every key."""
+    clean = {}
+    for key, value in state.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        clean[key] = value
+    return clean
+
+
+def save_weights(
+    model: nn.Module | Mapping[str, torch.Tensor],
+    path: str | Path,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Atomically save a model's (unwrapped) state dict as safetensors, on CPU."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    tensors = {
+        k: v.detach().cpu().clone().contiguous() for k, v in unwrap_state_dict(state).items()
+    }
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {})))
+
+
+def load_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read a safetensors file; ModelError when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file {str(path)!r} does not exist.")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(
+            f"weights file {str(path)!r} is not a readable safetensors file ({exc})."
+        ) from None
+
+
+def weights_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata stored in a safetensors header (e.g. the epoch of last.safetensors)."""
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into ``model`` after checking every key and shape.
+
+    ModelError names the first missing, unexpected or mismatching key. Neuron thresholds may
+    change shape (scalar <-> per-channel): the neuron adopts the stored one.
+    """
+    state = unwrap_state_dict(state)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        what = f"lacks {missing[0]!r}" if missing else f"has unexpected {unexpected[0]!r}"
+        raise ModelError(f"weights in {source} do not fit the model: the file {what}.")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        own = model.state_dict()  # neurons have adopted stored threshold shapes by now
+        bad = next((k for k in own if own[k].shape != state[k].shape), None)
+        if bad is None:
+            raise ModelError(f"weights in {source} do not fit the model ({exc}).") from None
+        raise ModelError(
+            f"weights in {source} do not fit the model: {bad!r} has shape "
+            f"{tuple(state[bad].shape)} in the file but {tuple(own[bad].shape)} in the model."
+        ) from None
+
+
+# ----------------------------------------------------------------------------- RNG
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG state a training step may touch: torch CPU/CUDA, numpy, python."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    """Restore the states captured by :func:`capture_rng`."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_train_state(path: str | Path, state: Mapping[str, Any]) -> None:
+    """Atomically ``torch.save`` the resume state (tensors and plain Python values only)."""
+    atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
+
+
+def load_train_state(path: str | Path) -> dict[str, Any]:
+    """Load a resume state (``weights_only``: no arbitrary pickles)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"resume state {str(path)!r} is unreadable ({exc}).") from None
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a run folder's model with its selected weights: ``(model in eval mode, config)``.
+
+    ModelError when the folder, its ``config.json`` or ``model.safetensors`` is missing, or
+    when the weights do not fit the model the config describes (first bad key and shape).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ModelError(f"run folder {str(run_dir)!r} does not exist.")
+    for name in (CONFIG_FILE, BEST_WEIGHTS):
+        if not (run_dir / name).is_file():
+            raise ModelError(f"run folder {str(run_dir)!r} has no {name}; is it a finished run?")
+    config = read_json(run_dir / CONFIG_FILE)
+    model = build_from_config(build_section("model", config.get("model", {})))
+    load_state_into(model, load_weights(run_dir / BEST_WEIGHTS), str(run_dir / BEST_WEIGHTS))
+    return model.to(device).eval(), config

@@ -1,0 +1,90 @@
+"""Accuracy and loss at every time-step t <= T in one pass (METHODS 3).
+
+A spiking model's prediction after ``t`` steps is the argmax of the running mean of its
+per-step logits ``z̄_t = (1/t) Σ_{s<=t} z_s``. Neurons are causal (step ``s`` depends only
+on steps ``<= s``), so one run over ``T`` steps gives the accuracy of every ``t <= T`` for
+the price of one. An ANN is the case ``T = 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikebridge.errors import DataError
+
+
+def running_mean(steps: torch.Tensor) -> torch.Tensor:
+    """``[T, B, K]`` per-step logits -> ``[T, B, K]`` mean over the first ``t`` steps."""
+    counts = torch.arange(1, steps.shape[0] + 1, device=steps.device, dtype=steps.dtype)
+    return steps.cumsum(0) / counts.view(-1, 1, 1)
+
+
+def _timesteps_of(model: nn.Module) -> int:
+    return int(model.timesteps) if getattr(model, "spiking", False) else 1
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    timesteps: int | None = None,
+) -> dict:
+    """Evaluate ``model`` (eval mode) on every batch of ``loader``.
+
+    ``timesteps`` simulates a spiking model for that many steps during this call (restored
+    afterwards); None keeps the model's T. Returns ``{"accuracy": acc at T, "loss": CE at T,
+    "accuracy_by_timestep": {"1": ..., ..., "T": ...}, "loss_by_timestep": {...},
+    "samples": N}``, accuracies as fractions.
+    """
+    spiking = getattr(model, "spiking", False)
+    before, was_training = _timesteps_of(model), model.training
+    if spiking and timesteps is not None:
+        model.set_timesteps(timesteps)
+    model.eval()
+    try:
+        correct, loss_sum, n = _accumulate(model, loader)
+    finally:
+        model.train(was_training)
+        if spiking:
+            model.set_timesteps(before)
+    T = len(correct)
+    acc = (correct.double() / max(n, 1)).tolist()
+    loss = (loss_sum.double() / max(n, 1)).tolist()
+    return {
+        "accuracy": acc[-1],
+        "loss": loss[-1],
+        "accuracy_by_timestep": {str(t + 1): acc[t] for t in range(T)},
+        "loss_by_timestep": {str(t + 1): loss[t] for t in range(T)},
+        "samples": n,
+    }
+
+
+def _forward_steps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Per-step logits ``[T, B, K]``; a model without ``forward_steps`` is an ANN (T = 1)."""
+    if hasattr(model, "forward_steps"):
+        return model.forward_steps(images)
+    return model(images).unsqueeze(0)
+
+
+def _accumulate(
+    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-t correct counts ``[T]``, summed CE ``[T]`` and the number of samples."""
+    correct = loss_sum = None
+    n = 0
+    for images, labels in loader:
+        steps = _forward_steps(model, images).float()  # [T, B, K]
+        mean = running_mean(steps)
+        hits = (mean.argmax(-1) == labels).sum(1)  # [T]
+        ce = F.cross_entropy(mean.flatten(0, 1), labels.repeat(mean.shape[0]), reduction="none")
+        batch_loss = ce.view(mean.shape[0], -1).sum(1)  # [T]
+        correct = hits if correct is None else correct + hits
+        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        n += len(labels)
+    if correct is None:
+        raise DataError("evaluate got a loader with no batches; expected at least one image.")
+    return correct.cpu(), loss_sum.cpu(), n

@@ -1,0 +1,274 @@
+"""Library entry points behind the CLI: ``train_run(config)`` and ``eval_run(run_dir, ...)``.
+
+``train_run`` is a recipe of named steps (torchtune style): resolve the device, prepare the
+run folder, set up data, set up the model, ``fit``, write the summary. Each step is a
+function that other recipes (distillation, conversion) can reuse.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spikebridge.config import (
+    DEFAULT_RUNS_DIR,
+    TRAIN_SECTIONS,
+    Config,
+    DataConfig,
+    TrainConfig,
+    build_section,
+    load_config,
+)
+from spikebridge.data import DatasetInfo, DeviceLoader, load_splits
+from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine.evaluate import evaluate
+from spikebridge.engine.tasks import ClassificationTask
+from spikebridge.engine.train import (
+    INIT_STREAM,
+    FitResult,
+    Loaders,
+    derive_seed,
+    fit,
+    print_flush,
+)
+from spikebridge.errors import ConfigError
+from spikebridge.models import ModelConfig, build_from_config
+
+EVAL_FILE = "eval.json"
+EVAL_BATCH_FACTOR = 4  # default evaluation batch = 4 x the training batch (no gradients kept)
+# Keys that may differ between an interrupted run and its resumption (nothing numerical).
+RUNTIME_KEYS = frozenset(
+    {
+        "train.resume",
+        "train.progress",
+        "train.device",
+        "train.threads",
+        "train.out",
+        "data.data_dir",
+    }
+)
+BEST_TEST_NOTE = (
+    "test_accuracy: the model selected on the validation split, tested once (the headline). "
+    "best_test_accuracy: the maximum test accuracy over epochs, the figure papers report; "
+    "for comparison with papers only. final_test_accuracy: after the last epoch."
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` = cuda if available, else cpu; ConfigError for unknown or absent devices."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available here.")
+    return device
+
+
+# ----------------------------------------------------------------------------- set-up steps
+
+
+def setup_runtime(cfg: TrainConfig) -> torch.device:
+    """Apply the CPU thread count and resolve the device."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    return resolve_device(cfg.device)
+
+
+def setup_data(cfg: DataConfig, seed: int, device: torch.device) -> tuple[Loaders, DatasetInfo]:
+    """Load the splits and wrap them in device loaders (train: shuffled and augmented)."""
+    splits = load_splits(cfg.dataset, cfg.data_dir, cfg.subset, cfg.val_size, seed)
+    info, eval_batch = splits.info, cfg.eval_batch_size or EVAL_BATCH_FACTOR * cfg.batch_size
+    train = DeviceLoader(
+        splits.train_x, splits.train_y, cfg.batch_size, info, device,
+        shuffle=True, augment=cfg.augment, seed=seed,
+    )  # fmt: skip
+
+    def plain(x: torch.Tensor, y: torch.Tensor) -> DeviceLoader | None:
+        if len(y) == 0:
+            return None
+        return DeviceLoader(x, y, eval_batch, info, device, shuffle=False, augment=False, seed=seed)
+
+    loaders = Loaders(train, plain(splits.val_x, splits.val_y), plain(splits.test_x, splits.test_y))
+    return loaders, info
+
+
+def setup_model(cfg: ModelConfig, seed: int, device: torch.device) -> nn.Module:
+    """Build the model with initial weights drawn from ``seed`` alone."""
+    torch.manual_seed(derive_seed(seed, 0, INIT_STREAM))
+    return build_from_config(cfg).to(device)
+
+
+def default_run_dir(config: Config) -> Path:
+    """``runs/<dataset>-<model>-<ann|neuron-tT>-<YYYYmmdd-HHMMSS>`` (made unique)."""
+    m = config.model
+    kind = f"{m.neuron}-t{m.timesteps}" if m.neuron else "ann"
+    base = (
+        Path(DEFAULT_RUNS_DIR)
+        / f"{config.data.dataset}-{m.name}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    path, i = base, 1
+    while path.exists():
+        path, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return path
+
+
+def prepare_run_dir(config: Config) -> Path:
+    """Choose the run folder; refuse to overwrite a run unless resuming it.
+
+    The folder itself is created only once data and model are set up, so bad input
+    leaves nothing behind.
+    """
+    t = config.train
+    if t.resume and not t.out:
+        raise ConfigError("--resume needs the run folder to continue, given as --out RUN_DIR.")
+    run_dir = Path(t.out) if t.out else default_run_dir(config)
+    if (run_dir / ckpt.CONFIG_FILE).exists() and not t.resume:
+        raise ConfigError(
+            f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue it "
+            "or choose another --out."
+        )
+    return run_dir
+
+
+def stored_config(run_dir: str | Path | None) -> dict[str, Any] | None:
+    """The ``config.json`` of a run folder, or None when there is none (yet)."""
+    path = Path(run_dir) / ckpt.CONFIG_FILE if run_dir else None
+    return ckpt.read_json(path) if path is not None and path.is_file() else None
+
+
+def _flatten(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, section in cfg.items() for k, v in section.items()}
+
+
+def check_resumable(run_dir: Path, config: Config) -> None:
+    """ConfigError naming the first setting that differs from the stored run's."""
+    stored = _flatten(stored_config(run_dir) or config.to_dict())
+    current = _flatten(config.to_dict())
+    for key in sorted(set(stored) | set(current)):
+        if key not in RUNTIME_KEYS and stored.get(key) != current.get(key):
+            raise ConfigError(
+                f"run folder {str(run_dir)!r} was trained with {key}={stored.get(key)!r}, not "
+                f"{current.get(key)!r}; resume it with its stored configuration."
+            )
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_summary(config: Config, model: nn.Module, result: FitResult, run_dir: Path) -> dict:
+    """The ``summary.json`` record (accuracies are fractions)."""
+    state, test, m = result.state, result.test or {}, config.model
+    summary = {
+        "test_accuracy": test.get("accuracy"), "test_loss": test.get("loss"),
+        "val_accuracy": state.best_val, "best_epoch": state.best_epoch,
+        "best_test_accuracy": state.best_test, "final_test_accuracy": state.final_test,
+        "epochs": state.epoch, "timesteps": m.timesteps if m.neuron else 1,
+        "model": m.name, "neuron": m.neuron, "dataset": config.data.dataset,
+        "params": count_parameters(model), "train_time_s": state.train_time_s,
+        "run_dir": str(run_dir), "note": BEST_TEST_NOTE,
+    }  # fmt: skip
+    if m.neuron and test:
+        summary["accuracy_by_timestep"] = test["accuracy_by_timestep"]
+    return summary
+
+
+def train_run(config: Config | Mapping[str, Any], log: Callable[[str], None] = print_flush) -> dict:
+    """Train a model as ``config`` says, in a run folder; return the summary dict.
+
+    ``config`` is a :class:`Config` (sections data, model, optim, train) or a mapping of
+    keys for :func:`load_config`, e.g. ``{"dataset": "synthetic", "epochs": 2}``.
+    """
+    if not isinstance(config, Config):
+        config = load_config(TRAIN_SECTIONS, overrides=config)
+    device = setup_runtime(config.train)
+    run_dir = prepare_run_dir(config)
+    config = config.replace("train", out=str(run_dir))
+    if config.train.resume and (run_dir / ckpt.SUMMARY_FILE).is_file():
+        log(f"run {run_dir} is already finished; nothing to resume.")
+        return ckpt.read_json(run_dir / ckpt.SUMMARY_FILE)
+    loaders, info = setup_data(config.data, config.train.seed, device)
+    config = config.replace("model", num_classes=info.num_classes, in_channels=info.in_channels)
+    if config.train.resume:
+        check_resumable(run_dir, config)
+    model = setup_model(config.model, config.train.seed, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if stored_config(run_dir) is None:
+        ckpt.write_json(run_dir / ckpt.CONFIG_FILE, config.to_dict())
+    result = fit(model, ClassificationTask(), loaders, config.optim, config.train, run_dir, log)
+    summary = make_summary(config, model, result, run_dir)
+    ckpt.write_json(run_dir / ckpt.SUMMARY_FILE, summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def _split_loader(
+    config: Mapping[str, Any], split: str, data_dir: str | None, device: torch.device,
+    batch_size: int | None,
+) -> DeviceLoader:  # fmt: skip
+    """A plain (no shuffle, no augment) loader of the run's ``split``, re-made from its config."""
+    if split not in ("test", "val"):
+        raise ConfigError(f"split is {split!r}; expected test or val.")
+    data = build_section("data", config.get("data", {}))
+    seed = int(config.get("train", {}).get("seed", 0))
+    splits = load_splits(data.dataset, data_dir or data.data_dir, data.subset, data.val_size, seed)
+    x, y = (splits.test_x, splits.test_y) if split == "test" else (splits.val_x, splits.val_y)
+    if len(y) == 0:
+        raise ConfigError(f"the run has no {split} split (val_size was {data.val_size}).")
+    size = batch_size or data.eval_batch_size or EVAL_BATCH_FACTOR * data.batch_size
+    return DeviceLoader(x, y, size, splits.info, device, shuffle=False, augment=False, seed=seed)
+
+
+def eval_run(
+    run_dir: str | Path,
+    timesteps: Sequence[int] | int | None = None,
+    split: str = "test",
+    data_dir: str | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+) -> dict:
+    """Evaluate a run folder's selected model; writes and returns ``eval.json``.
+
+    ``timesteps``: a single T (report every t <= T), a list (report those t), or None
+    (the model's T). All t come from one pass at the largest T (METHODS 3).
+    """
+    dev = resolve_device(device)
+    model, config = ckpt.load_run(run_dir, dev)
+    wanted = _wanted_timesteps(model, timesteps)
+    loader = _split_loader(config, split, data_dir, dev, batch_size)
+    result = evaluate(model, loader, timesteps=max(wanted) if model.spiking else None)
+    report = {
+        "run_dir": str(run_dir), "split": split, "samples": result["samples"],
+        "spiking": model.spiking, "timesteps": wanted,
+        "accuracy": result["accuracy_by_timestep"][str(max(wanted))],
+        "loss": result["loss_by_timestep"][str(max(wanted))],
+        "accuracy_by_timestep": {str(t): result["accuracy_by_timestep"][str(t)] for t in wanted},
+        "loss_by_timestep": {str(t): result["loss_by_timestep"][str(t)] for t in wanted},
+    }  # fmt: skip
+    ckpt.write_json(Path(run_dir) / EVAL_FILE, report)
+    return report
+
+
+def _wanted_timesteps(model: nn.Module, timesteps: Sequence[int] | int | None) -> list[int]:
+    """The t to report: all of 1..T for a single T (or None = the model's T), else the list."""
+    if timesteps is None:
+        timesteps = model.timesteps
+    wanted = list(range(1, timesteps + 1)) if isinstance(timesteps, int) else sorted(set(timesteps))
+    if not wanted or min(wanted) < 1:
+        raise ConfigError(f"timesteps are {timesteps!r}; expected integers >= 1.")
+    if not model.spiking and max(wanted) > 1:
+        raise ConfigError("this run's model is an ANN (T = 1); --timesteps applies to SNNs.")
+    return wanted

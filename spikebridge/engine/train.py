@@ -1,0 +1,293 @@
+"""The training loop: one loop for ANN, SNN and (later) distillation.
+
+:func:`fit` trains a model with a *task* (``task(model, images, labels) -> {"loss",
+"output", ...extras}``, see :mod:`spikebridge.engine.tasks`), SGD and a per-iteration
+schedule. Each epoch it measures train loss/accuracy, validation accuracy (model selection),
+test accuracy (logged only for the paper-comparison figure), the learning rate, the epoch
+time and the task's extras, and writes them as one line of ``metrics.jsonl``.
+
+Model selection happens on the validation split: the weights of the epoch with the best
+validation accuracy are kept (``model.safetensors``) and tested ONCE at the end. The best
+test accuracy over epochs is also recorded, labelled as the figure papers report (DESIGN).
+
+Resume is bit-exact on CPU: data order comes from ``loader.set_epoch(epoch)`` and every
+other random stream is re-seeded from ``(seed, epoch)`` at the start of each epoch; the
+optimizer, schedule, AMP scaler and RNG states are restored from ``train_state.pt``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from spikebridge.config import OptimConfig, TrainConfig
+from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine.evaluate import evaluate
+from spikebridge.engine.optim import build_optimizer, build_scheduler
+from spikebridge.engine.tasks import Task
+from spikebridge.errors import ConfigError, ModelError
+
+EPOCH_STREAM, INIT_STREAM = 1, 2  # keys of derive_seed, so streams never coincide
+POSTFIX_EVERY = 10  # refresh the progress bar's loss every N steps (each refresh syncs)
+STATE_FORMAT = 1
+
+
+def print_flush(message: str) -> None:
+    """The default ``log``: print and flush, so epoch lines reach a redirected log at once."""
+    print(message, flush=True)
+
+
+def derive_seed(*keys: int) -> int:
+    """A 32-bit seed mixed from integers (``numpy.random.SeedSequence``), e.g. (seed, epoch)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Loaders:
+    """Batches of the three splits; ``train`` has ``set_epoch``; ``val`` may be None (no
+    held-out split: the last epoch is selected); ``test`` may be None (not measured)."""
+
+    train: Any
+    val: Iterable[Any] | None
+    test: Iterable[Any] | None
+
+
+@dataclass
+class FitState:
+    """Progress saved in ``train_state.pt``; accuracies are fractions."""
+
+    epoch: int = 0  # epochs completed
+    best_val: float | None = None  # validation accuracy of the selected epoch
+    best_epoch: int = 0  # selected epoch (1-based; 0 = none yet)
+    best_test: float | None = None  # max test accuracy over epochs (paper comparison only)
+    final_test: float | None = None  # test accuracy after the last epoch
+    train_time_s: float = 0.0  # wall time of all epochs, summed over resumes
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the state, the per-epoch records and the selected model's
+    test evaluation (``evaluate`` dict at the model's T, ``None`` without a test loader)."""
+
+    state: FitState
+    history: list[dict[str, Any]] = field(default_factory=list)
+    test: dict[str, Any] | None = None
+
+
+class Trainer:
+    """The objects of one training run and its steps (set-up, epoch, save, resume, finish)."""
+
+    def __init__(
+        self, model: nn.Module, task: Task, loaders: Loaders, optim: OptimConfig,
+        train: TrainConfig, run_dir: str | Path | None, log: Callable[[str], None],
+    ) -> None:  # fmt: skip
+        self.model, self.task, self.loaders, self.cfg, self.log = model, task, loaders, train, log
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.device = next(model.parameters()).device
+        self.use_amp = train.amp and self.device.type == "cuda"
+        self.forward_model = torch.compile(model) if train.compile else model
+        self.optimizer = build_optimizer(model, optim)
+        self.scheduler = build_scheduler(self.optimizer, optim, train.epochs, len(loaders.train))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.state, self.history = FitState(), []
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ one epoch
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training batches; returns averaged loss, accuracy and extras."""
+        self.loaders.train.set_epoch(epoch)
+        seed_everything(derive_seed(self.cfg.seed, epoch, EPOCH_STREAM))
+        self.forward_model.train()
+        sums: dict[str, torch.Tensor] = {}
+        n = 0
+        bar = tqdm(
+            self.loaders.train, total=len(self.loaders.train), leave=False,
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            disable=not (self.cfg.progress and sys.stderr.isatty()),
+        )  # fmt: skip
+        for i, (images, labels) in enumerate(bar):
+            out = self.step(images, labels)
+            _accumulate(sums, out, labels)
+            n += len(labels)
+            if not bar.disable and i % POSTFIX_EVERY == 0:
+                bar.set_postfix(loss=f"{out['loss'].item():.4f}")
+        stats = {k: v.item() / n for k, v in sums.items()}
+        if not math.isfinite(stats["loss"]):
+            raise ConfigError(f"training diverged (loss {stats['loss']} in epoch {epoch + 1}); "
+                              "lower --lr or disable --amp.")  # fmt: skip
+        return stats
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward the task (under autocast on CUDA), back-propagate ``loss``, step SGD + lr."""
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            out = self.task(self.forward_model, images, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out["loss"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return out
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train, measure val and test, select on val; returns the ``metrics.jsonl`` record."""
+        start, lr = time.perf_counter(), self.optimizer.param_groups[0]["lr"]
+        train = self.train_one_epoch(epoch)
+        val = evaluate(self.model, self.loaders.val) if self.loaders.val is not None else None
+        test = evaluate(self.model, self.loaders.test) if self.loaders.test is not None else None
+        seconds = time.perf_counter() - start
+        record = {"epoch": epoch + 1, "lr": lr, "train_loss": train.pop("loss")}
+        record["train_accuracy"] = train.pop("accuracy")
+        for name, result in (("val", val), ("test", test)):
+            record[f"{name}_accuracy"] = result["accuracy"] if result else None
+            record[f"{name}_loss"] = result["loss"] if result else None
+        record.update(epoch_time_s=seconds, **train)
+        self._update_state(record, seconds)
+        return record
+
+    def _update_state(self, record: dict[str, Any], seconds: float) -> None:
+        s, val, test = self.state, record["val_accuracy"], record["test_accuracy"]
+        s.epoch, s.train_time_s, s.final_test = record["epoch"], s.train_time_s + seconds, test
+        if test is not None:
+            s.best_test = test if s.best_test is None else max(s.best_test, test)
+        if val is None or s.best_val is None or val > s.best_val:
+            s.best_val, s.best_epoch = val, record["epoch"]
+            self.best_weights = {
+                k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+            }
+            if self.run_dir is not None:
+                ckpt.save_weights(self.best_weights, self.run_dir / ckpt.BEST_WEIGHTS)
+
+    # ------------------------------------------------------------------ save / resume
+
+    def save(self, record: dict[str, Any]) -> None:
+        """Append the epoch's metrics; save last weights and the resume state (atomic)."""
+        self.history.append(record)
+        if self.run_dir is None:
+            return
+        ckpt.write_jsonl(self.run_dir / ckpt.METRICS_FILE, self.history)
+        meta = {"epoch": str(self.state.epoch)}
+        ckpt.save_weights(self.model, self.run_dir / ckpt.LAST_WEIGHTS, metadata=meta)
+        ckpt.save_train_state(self.run_dir / ckpt.TRAIN_STATE, self._train_state())
+
+    def _train_state(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT, "fit": asdict(self.state), "rng": ckpt.capture_rng(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }  # fmt: skip
+
+    def resume(self) -> None:
+        """Continue from ``last.safetensors`` + ``train_state.pt`` when the run has them."""
+        path = self.run_dir / ckpt.TRAIN_STATE if self.run_dir is not None else None
+        if path is None or not path.is_file():
+            self.log("no saved training state found; starting from epoch 1")
+            return
+        saved = ckpt.load_train_state(path)
+        last = self.run_dir / ckpt.LAST_WEIGHTS
+        if ckpt.weights_metadata(last).get("epoch") != str(saved["fit"]["epoch"]):
+            raise ModelError(f"{last} and {path} are from different epochs; cannot resume.")
+        ckpt.load_state_into(self.model, ckpt.load_weights(last, self.device), str(last))
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        ckpt.restore_rng(saved["rng"])
+        self.state = FitState(**saved["fit"])
+        self._resume_files()
+        self.log(f"resumed after epoch {self.state.epoch} of {self.cfg.epochs}")
+
+    def _resume_files(self) -> None:
+        """Reload the selected weights and the metrics of the completed epochs."""
+        best = self.run_dir / ckpt.BEST_WEIGHTS
+        if self.state.best_epoch > 0:
+            self.best_weights = ckpt.load_weights(best)
+        records = ckpt.read_jsonl(self.run_dir / ckpt.METRICS_FILE)
+        self.history = [r for r in records if r.get("epoch", 0) <= self.state.epoch]
+
+    # ------------------------------------------------------------------ the end
+
+    def finish(self) -> FitResult:
+        """Load the selected weights into the model and test it once (at ``eval_timesteps``)."""
+        if self.best_weights is not None:
+            ckpt.load_state_into(self.model, self.best_weights, "the selected weights")
+        result = FitResult(self.state, self.history)
+        if self.loaders.test is not None:
+            result.test = final_test(self.model, self.loaders.test, self.cfg.eval_timesteps)
+        return result
+
+
+def _accumulate(sums: dict[str, torch.Tensor], out: dict[str, Any], labels: torch.Tensor) -> None:
+    """Add a batch's loss, correct count and scalar extras (weighted by batch size)."""
+    n = len(labels)
+    batch = {"loss": out["loss"].detach().double() * n}
+    batch["accuracy"] = (out["output"].detach().argmax(1) == labels).sum().double()
+    for key, value in out.items():
+        if key not in ("loss", "output"):
+            batch[key] = torch.as_tensor(value).detach().double().to(labels.device) * n
+    for key, value in batch.items():
+        sums[key] = sums[key] + value if key in sums else value
+
+
+def final_test(model: nn.Module, loader: Iterable[Any], eval_timesteps: int | None) -> dict:
+    """Test once; a spiking model runs ``max(T, eval_timesteps)`` steps and reports every t,
+    while ``accuracy``/``loss`` stay those at its own T."""
+    T = int(getattr(model, "timesteps", 1))
+    if not getattr(model, "spiking", False):
+        return evaluate(model, loader)
+    result = evaluate(model, loader, timesteps=max(T, eval_timesteps or T))
+    result["accuracy"] = result["accuracy_by_timestep"][str(T)]
+    result["loss"] = result["loss_by_timestep"][str(T)]
+    return result
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}",
+             f"train {record['train_accuracy']:.2%}"]  # fmt: skip
+    for name in ("val", "test"):
+        if record[f"{name}_accuracy"] is not None:
+            parts.append(f"{name} {record[f'{name}_accuracy']:.2%}")
+    parts += [f"lr {record['lr']:.3g}", f"{record['epoch_time_s']:.1f}s"]
+    return "  ".join(parts)
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    loaders: Loaders,
+    optim: OptimConfig,
+    train: TrainConfig,
+    run_dir: str | Path | None = None,
+    log: Callable[[str], None] = print_flush,
+) -> FitResult:
+    """Train ``model`` (already on its device) for ``train.epochs`` epochs with ``task``.
+
+    With ``run_dir``, writes ``metrics.jsonl``, ``model.safetensors`` (selected weights),
+    ``last.safetensors`` and ``train_state.pt`` there; ``train.resume`` continues from them.
+    Returns a :class:`FitResult`; the model holds the selected (best-validation) weights.
+    """
+    trainer = Trainer(model, task, loaders, optim, train, run_dir, log)
+    if train.resume:
+        trainer.resume()
+    for epoch in range(trainer.state.epoch, train.epochs):
+        record = trainer.run_epoch(epoch)
+        trainer.save(record)
+        log(_epoch_line(record, train.epochs))
+    return trainer.finish()

@@ -1,0 +1,170 @@
+"""Config system: sections, YAML (nested or flat) + overrides, unknown keys, generated options."""
+
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from spikebridge import config as C
+from spikebridge.config import (
+    TRAIN_SECTIONS,
+    Config,
+    add_config_arguments,
+    config_from_args,
+    load_config,
+    option,
+    register_section,
+)
+from spikebridge.errors import ConfigError
+from spikebridge.models import ModelConfig
+
+
+def write(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def parse(argv, sections=TRAIN_SECTIONS):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, sections)
+    return config_from_args(parser.parse_args(argv), sections)
+
+
+def test_defaults_are_typed_sections():
+    cfg = load_config()
+    assert isinstance(cfg.model, ModelConfig)  # reused, not redefined
+    assert cfg.data.dataset == "fashion-mnist" and cfg.data.batch_size == 64
+    assert cfg.optim.lr == 0.05 and cfg.optim.milestones == (0.3, 0.6, 0.8)
+    assert cfg.train.device == "auto" and cfg.train.amp is True
+
+
+def test_yaml_nested_and_flat_keys_with_command_line_winning(tmp_path):
+    path = write(
+        tmp_path,
+        "model: {name: resnet20, width: 0.5}\noptim:\n  lr: 0.2\n"
+        "batch-size: 16\nneuron: lif\ntimesteps: 6\nmilestones: [0.5, 0.75]\n",
+    )
+    cfg = parse(["--config", str(path), "--timesteps", "2", "--lr", "0.01", "--no-augment"])
+    assert (cfg.model.name, cfg.model.width, cfg.model.neuron) == ("resnet20", 0.5, "lif")
+    assert cfg.model.timesteps == 2 and cfg.optim.lr == 0.01  # command line wins
+    assert cfg.data.batch_size == 16 and cfg.data.augment is False
+    assert cfg.optim.milestones == (0.5, 0.75)
+
+
+def test_flat_model_key_is_the_model_name(tmp_path):
+    cfg = parse(["--config", str(write(tmp_path, "model: resnet32\n"))])
+    assert cfg.model.name == "resnet32"
+    assert parse(["--model", "resnet44", "--neuron", "none"]).model.neuron is None
+
+
+def test_config_roundtrips_through_its_dict():
+    cfg = load_config(overrides={"width": 0.25, "neuron": "lif", "milestones": "0.5"})
+    assert load_config(base=cfg.to_dict()) == cfg
+    assert cfg.to_dict()["optim"]["milestones"] == [0.5]
+
+
+@pytest.mark.parametrize(
+    ("source", "nearest"),
+    [
+        ({"widht": 0.5}, "'width'"),
+        ({"batchsize": 3}, "'batch_size'"),
+        ({"optim": {"lrr": 0.1}}, "'optim.lr'"),
+        ({"model.timestep": 2}, "'model.timesteps'"),
+    ],
+)
+def test_unknown_key_names_the_nearest_valid_key(source, nearest):
+    with pytest.raises(ConfigError, match=f"did you mean {nearest}"):
+        load_config(overrides=source)
+
+
+def test_unknown_yaml_key_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'epoch'.*'epochs'"):
+        parse(["--config", str(write(tmp_path, "epoch: 3\n"))])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lr": "fast"}, "'lr' is 'fast'; expected a number"),
+        ({"epochs": 2.5}, "'epochs' is 2.5; expected an integer"),
+        ({"schedule": "linear"}, "expected one of multistep, cosine, onecycle"),
+        ({"neuron": "izhikevich"}, "expected one of none, lif, if"),
+        ({"milestones": "0.8,0.2"}, "increasing fractions"),
+        ({"batch_size": 0}, "batch_size is 0"),
+    ],
+)
+def test_bad_values_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_string_values_are_coerced_by_field_type():
+    cfg = load_config(overrides={"subset": "100", "val_size": "0.2", "threshold": "none"})
+    assert cfg.data.subset == 100 and cfg.data.val_size == 0.2 and cfg.model.threshold is None
+    assert load_config(overrides={"val_size": "50"}).data.val_size == 50  # a count
+
+
+def test_help_shows_every_option_with_its_default():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, TRAIN_SECTIONS)
+    text = " ".join(parser.format_help().split())
+    for expected in [
+        "--batch-size BATCH_SIZE training batch size (default: 64)",
+        "--qcfs-levels QCFS_LEVELS quantization levels L of the qcfs activation (default: 8)",
+        "--milestones MILESTONES",
+        "(default: 0.3,0.6,0.8)",
+        "--progress, --no-progress",
+        "--neuron {none,lif,if}",
+    ]:
+        assert expected in text
+    hidden = {"num_classes", "in_channels"}
+    for name in set(C.SECTIONS["model"].field_names()) - hidden - {"name"}:
+        assert "--" + name.replace("_", "-") + " " in text
+    assert "--num-classes" not in text  # comes from the dataset
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch):
+    monkeypatch.setattr(C, "SECTIONS", dict(C.SECTIONS))
+    monkeypatch.setattr(C, "_FLAT", dict(C._FLAT))
+
+
+def test_a_new_section_is_one_registered_dataclass(isolated_registry, tmp_path):
+    @register_section("distill")
+    @dataclass
+    class DistillConfig:
+        kd_weight: float = option(0.3, "weight w of the KD term")
+        kd_form: str = option("additive", "loss form", ("additive", "convex"))
+
+    sections = (*TRAIN_SECTIONS, "distill")
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, sections)
+    assert "weight w of the KD term (default: 0.3)" in " ".join(parser.format_help().split())
+    path = write(tmp_path, "distill: {kd_form: convex}\nkd_weight: 0.5\n")
+    cfg = config_from_args(
+        parser.parse_args(["--config", str(path), "--kd-weight", "0.7"]), sections
+    )
+    assert (cfg.distill.kd_weight, cfg.distill.kd_form) == (0.7, "convex")
+    with pytest.raises(ConfigError, match="belongs to the 'distill' section"):
+        load_config(TRAIN_SECTIONS, overrides={"kd_weight": 0.1})
+
+
+def test_flat_name_clash_is_refused(isolated_registry):
+    @dataclass
+    class Clash:
+        lr: float = 0.1
+
+    with pytest.raises(ConfigError, match="reuses the name 'lr'"):
+        register_section("other", Clash)
+
+
+def test_config_is_read_only_and_replace_validates():
+    cfg = load_config()
+    with pytest.raises(AttributeError):
+        cfg.data = None
+    assert cfg.replace("model", width=0.5).model.width == 0.5
+    assert cfg.model.width == 1.0
+    with pytest.raises(ConfigError):
+        cfg.replace("optim", lr=-1.0)
+    assert isinstance(cfg, Config) and cfg.sections == TRAIN_SECTIONS
