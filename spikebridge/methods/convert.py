@@ -1,0 +1,419 @@
+"""ANN -> SNN conversion with IF neurons (METHODS 2.1-2.2, 2.4-2.6).
+
+:func:`convert` builds a NEW spiking twin of a :class:`~spikebridge.models.ResNet` ANN (the
+ANN is not modified): the same architecture and block structure, built with
+``neuron="if"``, every BatchNorm folded into the convolution before it, and every
+activation site replaced by an IF neuron (reset by subtraction, ``v_0 = φθ``, emits
+``o·θ``; METHODS 2.1). The first conv sees the analog image at every step (direct
+encoding); pooling is kept; the FC layer stays analog and reads the time-averaged rates
+(the model's output is the mean over T of per-step logits).
+
+Thresholds ``θ_l`` per method (METHODS 2.6 baselines, 2.4 ours):
+
+- ``maxnorm`` (Diehl et al. 2015): the largest pre-activation at site ``l`` over the
+  calibration set;
+- ``robust`` (Rueckauer et al. 2017): the ``percentile`` (99.9 / 99.99) of its positive
+  pre-activations;
+- ``qcfs`` (Bu et al. 2022): ``θ_l = λ_l`` of the ANN's Clip / QCFS site, ``φ = 0.5``;
+- ``ttrbr`` (**our design** on the TTRBR abstract): ``λ`` for clip/qcfs sites, the robust
+  percentile for ReLU sites, then :func:`~spikebridge.methods.threshold_tuning.tune_thresholds`
+  at the target T. Residual block restructuring (METHODS 2.5, our design) is the ANN's
+  ``block="pre-add"``, which the twin inherits.
+
+For clip/qcfs sites the statistics are capped at ``λ`` (the ANN never outputs more).
+Statistics come from forward pre-hooks on the ANN's sites (the pre-activation is what the
+IF neuron integrates); percentiles use a log-spaced histogram (4096 bins over six decades
+below the maximum, ~0.3 % relative resolution), so memory stays bounded for any
+calibration-set size.
+
+Saving and reloading a converted model: BN is folded away, so the model is NOT what
+``build_from_config(snn.config)`` makes (that one has BN layers and bias-free convs).
+Save ``snn.state_dict()`` with ``snn.config``; rebuild with :func:`build_converted` (same
+config, BN -> ``nn.Identity``, convs with a bias), then ``load_state_dict``. Thresholds and
+φ are neuron buffers, so they are in the state dict (scalar or per-channel).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from spikebridge.errors import ConfigError, ModelError
+from spikebridge.methods.error_analysis import (
+    ANN_SITE_TYPES,
+    CalibrationData,
+    ann_sites,
+    calibration_batches,
+    eval_mode,
+    model_device,
+    snn_sites,
+)
+from spikebridge.methods.threshold_tuning import DEFAULT_SCALE_GRID, TuningReport, tune_thresholds
+from spikebridge.models.registry import ModelConfig, build_from_config
+from spikebridge.models.resnet import BasicBlock, Bottleneck, ResNet
+
+METHODS = ("maxnorm", "robust", "qcfs", "ttrbr")
+HIST_BINS = 4096  # log-spaced histogram bins for percentiles
+HIST_DECADES = 6  # the histogram spans [max·1e-6, max]
+FALLBACK_THRESHOLD = 1.0  # θ for a site (channel) that never sees a positive input
+
+_CONTAINERS = (ResNet, BasicBlock, Bottleneck, nn.Sequential, nn.ModuleList)
+_LEAVES = (
+    nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
+    nn.Dropout, *ANN_SITE_TYPES,
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _unsupported_hint(module: nn.Module) -> str:
+    kind = type(module).__name__
+    if isinstance(module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
+        return f"replace {kind} with AvgPool2d (e.g. stem_pool='avg') and retrain"
+    if type(module).__module__ == "torch.nn.modules.activation":
+        return f"replace {kind} with ReLU, Clip or QCFS and retrain"
+    return (
+        f"conversion supports conv, batch-norm, linear, average pooling, identity and "
+        f"ReLU/Clip/QCFS sites; remove or replace {kind}"
+    )
+
+
+def check_convertible(ann: nn.Module) -> ModelConfig:
+    """Refuse what conversion cannot handle; return the ANN's :class:`ModelConfig`.
+
+    Raises :class:`ModelError` for a model that is not a spikebridge ResNet ANN or holds
+    a module that has no IF counterpart (e.g. ``nn.MaxPool2d``).
+    """
+    if not isinstance(ann, ResNet) or not isinstance(getattr(ann, "config", None), ModelConfig):
+        raise ModelError("convert needs a spikebridge ResNet built by spikebridge.models.build")
+    if ann.spiking or ann.config.neuron is not None:
+        raise ModelError("convert needs an ANN; this model is already spiking")
+    for name, m in ann.named_modules():
+        if not isinstance(m, _CONTAINERS + _LEAVES):
+            raise ModelError(f"cannot convert layer {name!r}: {_unsupported_hint(m)}")
+    return ann.config
+
+
+def _check_args(method: str, timesteps: int, percentile: float, phi: float, **flags: bool) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"unknown conversion method {method!r}; expected one of {METHODS}")
+    if method != "qcfs" and not flags["has_data"]:
+        raise ConfigError(f"method {method!r} needs calibration data; none was given")
+    if timesteps < 1:
+        raise ConfigError(f"timesteps must be >= 1, got {timesteps}")
+    if not 0.0 < percentile <= 100.0:
+        raise ConfigError(f"percentile must lie in (0, 100], got {percentile}")
+    if not 0.0 <= phi <= 1.0:
+        raise ConfigError(f"phi must lie in [0, 1], got {phi}")
+    if method == "qcfs" and flags["channelwise"]:
+        raise ConfigError("channelwise thresholds need method maxnorm, robust or ttrbr, not qcfs")
+    if method != "ttrbr" and flags["tune_phi"]:
+        raise ConfigError(f"tune_phi applies to method 'ttrbr' only, not {method!r}")
+
+
+# --------------------------------------------------------------------------- BN folding
+
+
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """``(parent, conv name, bn name)`` for every BatchNorm2d (``bnX`` follows ``convX``)."""
+    pairs = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if not isinstance(child, nn.BatchNorm2d):
+                continue
+            conv_name = name.replace("bn", "conv", 1)
+            conv = getattr(parent, conv_name, None)
+            if not isinstance(conv, nn.Conv2d) or conv.out_channels != child.num_features:
+                raise ModelError(
+                    f"batch-norm {name!r} does not follow a matching conv {conv_name!r}"
+                )
+            pairs.append((parent, conv_name, name))
+    return pairs
+
+
+def _conv_with_bias(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
+    """A copy of ``conv``'s geometry with a bias, holding ``weight`` and ``bias``."""
+    new = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+        device=conv.weight.device, dtype=conv.weight.dtype,
+    )  # fmt: skip
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        new.bias.copy_(bias)
+    return new
+
+
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """``BN(conv(x))`` as one conv (eval-mode BN; computed in float64)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ModelError("cannot fold a batch-norm without running statistics into its conv")
+    var, mean = bn.running_var.double(), bn.running_mean.double()
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    bias0 = conv.bias.double() if conv.bias is not None else torch.zeros_like(var)
+    weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+    return _conv_with_bias(conv, weight, (bias0 - mean) * scale + beta)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d into the conv before it, in place; returns ``model``.
+
+    ``W' = W·γ/√(σ²+ε)``, ``b' = (b − μ)·γ/√(σ²+ε) + β`` per output channel; the BN
+    becomes ``nn.Identity``. Equals the model in eval mode up to float error.
+    """
+    for parent, conv_name, bn_name in _conv_bn_pairs(model):
+        setattr(parent, conv_name, _folded(getattr(parent, conv_name), getattr(parent, bn_name)))
+        setattr(parent, bn_name, nn.Identity())
+    return model
+
+
+def build_converted(config: ModelConfig) -> ResNet:
+    """Build the empty skeleton of a converted model: IF sites, BN -> Identity, biased convs.
+
+    Use it to reload a saved converted model:
+    ``snn = build_converted(cfg); snn.load_state_dict(state)``.
+    """
+    if config.neuron != "if":
+        raise ConfigError(f"a converted model has neuron='if', got neuron={config.neuron!r}")
+    model = build_from_config(config)
+    for parent, conv_name, bn_name in _conv_bn_pairs(model):
+        conv = getattr(parent, conv_name)
+        zeros = torch.zeros(conv.out_channels, dtype=conv.weight.dtype)
+        setattr(parent, conv_name, _conv_with_bias(conv, conv.weight.detach(), zeros))
+        setattr(parent, bn_name, nn.Identity())
+    return model
+
+
+def is_converted_state(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict comes from a converted model (folded BN: stem conv has a bias)."""
+    return "conv1.bias" in state_dict and "bn1.weight" not in state_dict
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+class _SiteStatistic:
+    """Running max and log-spaced histogram of one site's positive pre-activations."""
+
+    def __init__(self, channelwise: bool, cap: float | None) -> None:
+        self.channelwise, self.cap = channelwise, cap
+        self.max: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, C, ...]`` -> ``[C, M]`` (channel-wise) or ``[1, M]``, capped at λ."""
+        x = x.detach().float()
+        if self.cap is not None:
+            x = x.clamp(max=self.cap)
+        return x.transpose(0, 1).reshape(x.shape[1], -1) if self.channelwise else x.reshape(1, -1)
+
+    def update_max(self, x: torch.Tensor) -> None:
+        m = self._rows(x).amax(1)
+        self.max = m if self.max is None else torch.maximum(self.max, m)
+
+    def update_hist(self, x: torch.Tensor) -> None:
+        assert self.max is not None  # the max pass runs first
+        v = self._rows(x)
+        hi = self.max.clamp_min(torch.finfo(torch.float32).tiny)[:, None]
+        pos = (v / hi).clamp(10.0**-HIST_DECADES, 1.0).log10() / HIST_DECADES + 1.0  # [0, 1]
+        idx = (pos * HIST_BINS).floor().long().clamp_(0, HIST_BINS - 1)
+        idx += torch.arange(v.shape[0], device=v.device)[:, None] * HIST_BINS
+        counts = torch.bincount(idx[v > 0], minlength=v.shape[0] * HIST_BINS)
+        counts = counts.view(v.shape[0], HIST_BINS)
+        self.counts = counts if self.counts is None else self.counts + counts
+
+    def threshold(self, percentile: float | None) -> torch.Tensor:
+        """The max (``percentile=None``) or the percentile of positive values; ``[C]`` or scalar."""
+        assert self.max is not None
+        th = self.max.double() if percentile is None else self._percentile(percentile)
+        th = torch.where(th > 0, th, torch.full_like(th, FALLBACK_THRESHOLD)).float()
+        return th if self.channelwise else th[0]
+
+    def _percentile(self, p: float) -> torch.Tensor:
+        assert self.counts is not None and self.max is not None
+        counts = self.counts.double()
+        k = counts.sum(1, keepdim=True) * (p / 100.0)
+        cum = counts.cumsum(1)
+        b = (cum < k).sum(1, keepdim=True).clamp(max=HIST_BINS - 1)
+        in_bin = counts.gather(1, b)
+        frac = ((k - (cum.gather(1, b) - in_bin)) / in_bin.clamp_min(1.0)).clamp(0.0, 1.0)
+        pos = (b.double() + frac) / HIST_BINS  # position in [0, 1] of the log range
+        th = self.max.double()[:, None] * 10.0 ** (HIST_DECADES * (pos - 1.0))
+        return torch.where(counts.sum(1, keepdim=True) > 0, th, torch.zeros_like(th))[:, 0]
+
+
+def _lambda(site: nn.Module) -> float | None:
+    return float(site.lam.detach()) if isinstance(site, tuple(ANN_SITE_TYPES[1:])) else None
+
+
+def _collect(ann: nn.Module, batches: list[torch.Tensor], stats: dict[nn.Module, Any], fn: str):  # type: ignore[no-untyped-def]
+    """One ANN pass over all batches calling ``stats[site].<fn>(pre-activation)``."""
+
+    def hook(m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        getattr(stats[m], fn)(args[0])
+
+    handles = [m.register_forward_pre_hook(hook) for m in stats]
+    try:
+        for x in batches:
+            ann(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def activation_thresholds(
+    ann: ResNet,
+    batches: list[torch.Tensor] | None,
+    method: str,
+    percentile: float = 99.99,
+    channelwise: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Initial threshold per ANN site name (scalar, or ``[C]`` when channel-wise).
+
+    ``maxnorm``: max pre-activation; ``robust``: ``percentile`` of the positive
+    pre-activations; ``qcfs``: ``λ``; ``ttrbr``: ``λ`` for clip/qcfs sites, robust
+    percentile for ReLU sites. Statistics are capped at ``λ`` on clip/qcfs sites.
+    """
+    thresholds: dict[str, torch.Tensor] = {}
+    measured: dict[nn.Module, _SiteStatistic] = {}
+    names = {}
+    for name, site in ann_sites(ann):
+        lam = _lambda(site)
+        if lam is not None and lam <= 0:
+            raise ModelError(f"site {name!r} has a non-positive ceiling λ = {lam}")
+        if method == "qcfs" and lam is None:
+            raise ModelError(
+                f"method 'qcfs' needs an ANN trained with clip or qcfs activations, but site "
+                f"{name!r} is a ReLU; use 'robust', 'maxnorm' or 'ttrbr'"
+            )
+        if method in ("qcfs", "ttrbr") and lam is not None:
+            thresholds[name] = torch.tensor(lam)
+        else:
+            measured[site], names[site] = _SiteStatistic(channelwise, lam), name
+    if measured:
+        if batches is None:
+            raise ConfigError(f"method {method!r} needs calibration data; none was given")
+        p = None if method == "maxnorm" else percentile
+        with eval_mode(ann):
+            _collect(ann, batches, measured, "update_max")
+            if p is not None:
+                _collect(ann, batches, measured, "update_hist")
+        thresholds.update({names[m]: s.threshold(p) for m, s in measured.items()})
+    return {name: thresholds[name] for name, _ in ann_sites(ann)}
+
+
+# --------------------------------------------------------------------------- convert
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert` did; attached to the returned model as ``conversion_report``."""
+
+    method: str
+    timesteps: int
+    phi: float
+    percentile: float | None
+    channelwise: bool
+    initial_thresholds: dict[str, float]  # mean θ per site before tuning
+    thresholds: dict[str, float]  # mean θ per site in the returned model
+    tuning: TuningReport | None = None
+
+    def to_markdown(self) -> str:
+        lines = [f"method {self.method}, T = {self.timesteps}, φ = {self.phi}", ""]
+        lines += ["| site | θ initial | θ |", "|---|---|---|"]
+        for name, th in self.thresholds.items():
+            lines.append(f"| {name} | {self.initial_thresholds[name]:.4g} | {th:.4g} |")
+        return "\n".join(lines)
+
+
+def _spiking_twin(ann: ResNet, cfg: ModelConfig, timesteps: int, phi: float) -> ResNet:
+    """The IF twin of ``ann`` with the ANN's folded conv / FC weights copied in."""
+    snn_cfg = dataclasses.replace(cfg, neuron="if", timesteps=timesteps, phi=phi, threshold=None)
+    snn = build_converted(snn_cfg).to(model_device(ann))
+    folded = fold_batchnorm(copy.deepcopy(ann))
+    site_prefixes = tuple(f"{n}." for n, _ in ann_sites(folded))
+    state = {k: v for k, v in folded.state_dict().items() if not k.startswith(site_prefixes)}
+    try:
+        missing, unexpected = snn.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ModelError(f"the ANN's weights do not fit its own architecture: {exc}") from exc
+    neuron_prefixes = tuple(f"{n}." for n, _ in snn_sites(snn))
+    extra = list(unexpected) + [k for k in missing if not k.startswith(neuron_prefixes)]
+    if extra:
+        raise ModelError(f"the ANN does not match its config (first mismatch: {extra[0]!r})")
+    return snn
+
+
+def _set_neurons(snn: ResNet, thresholds: dict[str, torch.Tensor], phi: float) -> None:
+    for name, site in snn_sites(snn):
+        device = site.neuron.threshold.device
+        site.neuron.threshold = thresholds[name].detach().to(device, torch.float32).clone()
+        site.neuron.phi = torch.tensor(float(phi), device=device)
+
+
+def _mean_thresholds(snn: ResNet) -> dict[str, float]:
+    return {name: site.neuron.threshold.mean().item() for name, site in snn_sites(snn)}
+
+
+def convert(
+    ann: ResNet,
+    method: str,
+    calibration_data: CalibrationData | None,
+    timesteps: int,
+    percentile: float = 99.99,
+    phi: float = 0.5,
+    channelwise: bool = False,
+    tune_phi: bool = False,
+    grid: tuple[float, ...] | list[float] = DEFAULT_SCALE_GRID,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> ResNet:
+    """Convert a ResNet ANN into a NEW IF spiking ResNet (see the module docstring).
+
+    Args:
+        ann: a ReLU / Clip / QCFS ResNet ANN (not modified).
+        method: ``maxnorm`` | ``robust`` | ``qcfs`` | ``ttrbr`` (ours).
+        calibration_data: normalized training images ``[N, C, H, W]`` or batches of them
+            (``(images, labels)`` pairs are accepted); may be ``None`` for ``qcfs``.
+        timesteps: T the SNN simulates (and ``ttrbr`` tunes for).
+        percentile: robust-norm percentile (``robust``, and ReLU sites under ``ttrbr``).
+        phi: initial membrane potential as a fraction of θ (0.5 for QCFS).
+        channelwise: per-channel thresholds (statistics and tuning).
+        tune_phi, grid: threshold-tuning options (``ttrbr`` only).
+
+    Returns the spiking model (eval mode) with ``.config`` (rebuild with
+    :func:`build_converted`) and ``.conversion_report`` (:class:`ConversionReport`).
+    """
+    _check_args(
+        method, timesteps, percentile, phi,
+        channelwise=channelwise, tune_phi=tune_phi, has_data=calibration_data is not None,
+    )  # fmt: skip
+    cfg = check_convertible(ann)
+    snn = _spiking_twin(ann, cfg, timesteps, phi)
+    batches = None
+    if calibration_data is not None:
+        batches = calibration_batches(calibration_data, batch_size, model_device(ann))
+    _set_neurons(snn, activation_thresholds(ann, batches, method, percentile, channelwise), phi)
+    initial = _mean_thresholds(snn)
+    tuning = None
+    if method == "ttrbr":
+        assert batches is not None  # _check_args refuses ttrbr without calibration data
+        tuning = tune_thresholds(
+            ann, snn, batches, timesteps, grid, channelwise, tune_phi, progress=progress
+        )
+    uses_percentile = method == "robust" or method == "ttrbr"
+    report = ConversionReport(
+        method, timesteps, phi, percentile if uses_percentile else None, channelwise,
+        initial, _mean_thresholds(snn), tuning,
+    )  # fmt: skip
+    snn.conversion_report = report  # type: ignore[assignment]
+    return snn.eval()

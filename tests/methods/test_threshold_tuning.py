@@ -1,0 +1,107 @@
+"""Layer-by-layer threshold tuning (METHODS 2.4, our design)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from spikebridge.errors import ConfigError
+from spikebridge.methods.convert import convert
+from spikebridge.methods.error_analysis import decompose_errors, quantized_rate
+from spikebridge.methods.threshold_tuning import tune_thresholds
+from spikebridge.models import build
+
+GRID = (0.5, 0.7, 0.85, 1.0, 1.15)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # type: ignore[no-untyped-def]
+    """Tiny tensors: one thread avoids OpenMP barrier stalls on a shared, loaded CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _calibrated(ann: nn.Module, x: torch.Tensor) -> nn.Module:
+    for m in ann.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+    ann.train()
+    with torch.no_grad():
+        ann(x)
+    return ann.eval()
+
+
+@pytest.fixture(scope="module")
+def pair():  # type: ignore[no-untyped-def]
+    torch.manual_seed(1)
+    ann = build("resnet20", width=0.25)
+    x = torch.randn(12, 3, 16, 16)
+    _calibrated(ann, x)
+    return ann, convert(ann, "robust", x, 4), x
+
+
+def test_tuning_never_increases_the_loss_and_reports_the_real_loss(pair) -> None:  # type: ignore[no-untyped-def]
+    ann, robust_snn, x = pair
+    snn = copy.deepcopy(robust_snn)
+    report = tune_thresholds(ann, snn, x, 4, grid=GRID, batch_size=5)
+    assert [r.site for r in report.rows][:2] == ["act1", "stages.0.0.act1"]
+    assert all(r.loss_after <= r.loss_before for r in report.rows)
+    assert report.loss_after < report.loss_before  # it found something on this model
+    assert any(r.scale != 1.0 for r in report.rows)
+    # The reported loss is what the tuned SNN really does at each site (later sites do not
+    # change earlier ones): it equals the error table's mean squared error.
+    table = decompose_errors(ann, snn, x)
+    for row, err in zip(report.rows, table.rows, strict=True):
+        assert math.isclose(row.loss_after, err.mse, rel_tol=1e-4, abs_tol=1e-9), row.site
+        assert math.isclose(row.theta, err.theta, rel_tol=1e-6)
+    # Tuned thresholds: the whole network's output moves toward the ANN.
+    with torch.no_grad():
+        y = ann(x)
+        before = (robust_snn(x) - y).norm().item()
+        after = (snn(x) - y).norm().item()
+    assert after < before
+
+
+def test_first_site_choice_matches_brute_force_on_constant_current(pair) -> None:  # type: ignore[no-untyped-def]
+    # The stem current is constant over t, so the site's rate is exactly Q_T(z) (METHODS
+    # 2.1) and the best scale can be computed by hand from the grid.
+    ann, robust_snn, x = pair
+    snn = copy.deepcopy(robust_snn)
+    theta0 = snn.act1.neuron.threshold.item()
+    report = tune_thresholds(ann, snn, x, 4, grid=GRID)
+    with torch.no_grad():
+        z = ann.bn1(ann.conv1(x))
+        a = ann.act1(z)
+    losses = [(quantized_rate(z, s * theta0, 4, 0.5) - a).square().mean().item() for s in GRID]
+    best = min(range(len(GRID)), key=lambda i: (losses[i], GRID[i] != 1.0))
+    assert report.rows[0].scale == GRID[best]
+    assert math.isclose(report.rows[0].loss_after, losses[best], rel_tol=1e-4)
+    assert math.isclose(report.rows[0].loss_before, losses[GRID.index(1.0)], rel_tol=1e-4)
+
+
+def test_channelwise_and_phi_tuning(pair) -> None:  # type: ignore[no-untyped-def]
+    ann, robust_snn, x = pair
+    layer = tune_thresholds(ann, copy.deepcopy(robust_snn), x, 4, grid=GRID)
+    snn = copy.deepcopy(robust_snn)
+    report = tune_thresholds(ann, snn, x, 4, grid=GRID, channelwise=True, tune_phi=True)
+    assert all(r.loss_after <= r.loss_before for r in report.rows)
+    assert snn.act1.neuron.threshold.shape == (4,) and snn.act1.neuron.phi.shape == (4,)
+    # Same inputs at the first site: the per-channel (θ, φ) search contains the layer-wise one.
+    assert report.rows[0].loss_after <= layer.rows[0].loss_after + 1e-12
+    assert report.tune_phi and report.channelwise and "| act1 |" in report.to_markdown()
+
+
+def test_grid_without_one_still_keeps_the_start_and_bad_grids_are_refused(pair) -> None:  # type: ignore[no-untyped-def]
+    ann, robust_snn, x = pair
+    report = tune_thresholds(ann, copy.deepcopy(robust_snn), x[:4], 2, grid=(3.0,))
+    assert all(r.loss_after <= r.loss_before for r in report.rows)
+    with pytest.raises(ConfigError, match="positive"):
+        tune_thresholds(ann, copy.deepcopy(robust_snn), x, 4, grid=(0.0, 1.0))
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        tune_thresholds(ann, copy.deepcopy(robust_snn), x, 4, tune_phi=True, phi_grid=(1.5,))
