@@ -4,6 +4,13 @@
 - Conversion (METHODS 2): see :mod:`spikebridge.methods.convert` and neighbours.
 """
 
+from spikebridge.methods.convert import (
+    METHODS,
+    ConversionReport,
+    build_converted,
+    convert,
+    fold_batchnorm,
+)
 from spikebridge.methods.distill import (
     DEFAULT_KD_WEIGHT,
     DEFAULT_TEMPERATURE,
@@ -12,6 +19,7 @@ from spikebridge.methods.distill import (
     DistillationTask,
     kd_loss,
 )
+from spikebridge.methods.error_analysis import ErrorTable, decompose_errors, quantized_rate
 from spikebridge.methods.init_from_teacher import (
     BLOCK_RULES,
     InitReport,
@@ -20,9 +28,12 @@ from spikebridge.methods.init_from_teacher import (
     loop_interpolate,
     map_blocks,
 )
+from spikebridge.methods.threshold_tuning import TuningReport, tune_thresholds
 
 __all__ = [
     "BLOCK_RULES", "DEFAULT_KD_WEIGHT", "DEFAULT_TEMPERATURE", "KD_FORMS", "KD_ONLY_WEIGHT",
     "DistillationTask", "InitReport", "InitRow", "init_from_teacher", "kd_loss",
-    "loop_interpolate", "map_blocks",
+    "loop_interpolate", "map_blocks", "METHODS", "ConversionReport", "build_converted",
+    "convert", "fold_batchnorm", "ErrorTable", "decompose_errors", "quantized_rate",
+    "TuningReport", "tune_thresholds",
 ]  # fmt: skip
