@@ -17,9 +17,31 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from spikebridge import __version__
+from spikebridge.analysis.report import format_measurement
+from spikebridge.cli_report import (
+    add_export_arguments,
+    add_report_arguments,
+    run_export,
+    run_report,
+)
 from spikebridge.config import TRAIN_SECTIONS, add_config_arguments, config_from_args
+from spikebridge.demo import add_demo_arguments, run_demo_command
 from spikebridge.engine.runs import eval_run, stored_config, train_run
 from spikebridge.errors import ConfigError, SpikebridgeError
+from spikebridge.recipes.conversion import (
+    add_analyze_arguments,
+    add_convert_arguments,
+    run_analyze,
+    run_convert,
+)
+from spikebridge.recipes.idsnn import (
+    add_distill_arguments,
+    add_experiment_arguments,
+    add_idsnn_arguments,
+    run_distill,
+    run_experiment_command,
+    run_idsnn,
+)
 
 
 class Subcommand(NamedTuple):
@@ -109,6 +131,7 @@ def run_eval(args: argparse.Namespace) -> int:
         args.run_dir, timesteps, args.split, args.data_dir, args.device, args.batch_size
     )
     print(format_eval(report))
+    print(format_measurement(report))
     return 0
 
 
@@ -120,6 +143,45 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "eval": Subcommand(
         "evaluate a run folder's model at every t <= T", add_eval_arguments, run_eval
+    ),
+    "report": Subcommand(
+        "write RUN/report.md with figures (curves, accuracy vs t, firing, SOPs)",
+        add_report_arguments,
+        run_report,
+    ),
+    "export": Subcommand(
+        "export a spiking run's model (--format nir)", add_export_arguments, run_export
+    ),
+    "convert": Subcommand(
+        "convert an ANN run to an IF spiking network (maxnorm, robust, qcfs; ttrbr = our "
+        "design on the TTRBR abstract) and report accuracy at every t",
+        add_convert_arguments,
+        run_convert,
+    ),
+    "analyze": Subcommand(
+        "per-layer conversion error decomposition of a converted run (METHODS 2.3, ours)",
+        add_analyze_arguments,
+        run_analyze,
+    ),
+    "distill": Subcommand(
+        "IDSNN: init a spiking student from a teacher run and train it with KD (METHODS 1.2-1.4)",
+        add_distill_arguments,
+        run_distill,
+    ),
+    "idsnn": Subcommand(
+        "IDSNN pipeline: train the ANN teacher, init the student, distill (METHODS 1)",
+        add_idsnn_arguments,
+        run_idsnn,
+    ),
+    "experiment": Subcommand(
+        "run an experiment file (arms, results.md, plots): FILE [--profile cpu|full]",
+        add_experiment_arguments,
+        run_experiment_command,
+    ),
+    "demo": Subcommand(
+        "teacher ANN, direct SNN, IDSNN student and conversion on Fashion-MNIST, one table",
+        add_demo_arguments,
+        run_demo_command,
     ),
 }
 

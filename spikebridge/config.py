@@ -199,11 +199,17 @@ class TrainConfig:
     )
     amp: bool = option(True, "mixed precision (torch.autocast + GradScaler); CUDA only")
     compile: bool = option(False, "torch.compile the model for training")
+    sync_bn: bool = option(
+        False, "torchrun on GPUs: SyncBatchNorm, BN statistics over the global batch"
+    )
     out: str | None = option(
         None, f"run folder; none = {DEFAULT_RUNS_DIR}/<dataset>-<model>-<ann|neuron-tT>-<time>"
     )
     resume: bool = option(False, "continue the interrupted run in --out")
     progress: bool = option(True, "progress bars (shown only on a terminal)")
+    tensorboard: bool = option(
+        False, "log per-epoch metrics to RUN/tensorboard (pip install 'spikebridge[tensorboard]')"
+    )
     eval_timesteps: int | None = option(
         None, "spiking: final test also reports every t up to this T; none = the model's T"
     )

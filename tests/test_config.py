@@ -131,23 +131,23 @@ def isolated_registry(monkeypatch):
 
 
 def test_a_new_section_is_one_registered_dataclass(isolated_registry, tmp_path):
-    @register_section("distill")
+    @register_section("toy")
     @dataclass
-    class DistillConfig:
-        kd_weight: float = option(0.3, "weight w of the KD term")
-        kd_form: str = option("additive", "loss form", ("additive", "convex"))
+    class ToyConfig:
+        toy_weight: float = option(0.3, "weight w of the KD term")
+        toy_form: str = option("additive", "loss form", ("additive", "convex"))
 
-    sections = (*TRAIN_SECTIONS, "distill")
+    sections = (*TRAIN_SECTIONS, "toy")
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, sections)
     assert "weight w of the KD term (default: 0.3)" in " ".join(parser.format_help().split())
-    path = write(tmp_path, "distill: {kd_form: convex}\nkd_weight: 0.5\n")
+    path = write(tmp_path, "toy: {toy_form: convex}\ntoy_weight: 0.5\n")
     cfg = config_from_args(
-        parser.parse_args(["--config", str(path), "--kd-weight", "0.7"]), sections
+        parser.parse_args(["--config", str(path), "--toy-weight", "0.7"]), sections
     )
-    assert (cfg.distill.kd_weight, cfg.distill.kd_form) == (0.7, "convex")
-    with pytest.raises(ConfigError, match="belongs to the 'distill' section"):
-        load_config(TRAIN_SECTIONS, overrides={"kd_weight": 0.1})
+    assert (cfg.toy.toy_weight, cfg.toy.toy_form) == (0.7, "convex")
+    with pytest.raises(ConfigError, match="belongs to the 'toy' section"):
+        load_config(TRAIN_SECTIONS, overrides={"toy_weight": 0.1})
 
 
 def test_flat_name_clash_is_refused(isolated_registry):

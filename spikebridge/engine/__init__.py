@@ -9,12 +9,20 @@
 
 from spikebridge.engine.checkpoint import load_run, load_state_into, save_weights
 from spikebridge.engine.evaluate import evaluate
-from spikebridge.engine.runs import eval_run, resolve_device, setup_data, setup_model, train_run
+from spikebridge.engine.runs import (
+    eval_run,
+    export_run,
+    measure_run,
+    resolve_device,
+    setup_data,
+    setup_model,
+    train_run,
+)
 from spikebridge.engine.tasks import ClassificationTask, Task
 from spikebridge.engine.train import FitResult, FitState, Loaders, fit
 
 __all__ = [
     "ClassificationTask", "FitResult", "FitState", "Loaders", "Task", "eval_run", "evaluate",
-    "fit", "load_run", "load_state_into", "resolve_device", "save_weights", "setup_data",
+    "export_run", "fit", "load_run", "measure_run", "load_state_into", "resolve_device", "save_weights", "setup_data",
     "setup_model", "train_run",
 ]  # fmt: skip

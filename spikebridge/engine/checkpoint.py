@@ -200,6 +200,8 @@ def load_run(
 
     ModelError when the folder, its ``config.json`` or ``model.safetensors`` is missing, or
     when the weights do not fit the model the config describes (first bad key and shape).
+    A converted run (``config.json`` has a ``conversion`` section) is rebuilt with
+    :func:`spikebridge.methods.convert.build_converted` (BN folded, biased convs).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -208,6 +210,13 @@ def load_run(
         if not (run_dir / name).is_file():
             raise ModelError(f"run folder {str(run_dir)!r} has no {name}; is it a finished run?")
     config = read_json(run_dir / CONFIG_FILE)
-    model = build_from_config(build_section("model", config.get("model", {})))
-    load_state_into(model, load_weights(run_dir / BEST_WEIGHTS), str(run_dir / BEST_WEIGHTS))
+    model_cfg = build_section("model", config.get("model", {}))
+    state = load_weights(run_dir / BEST_WEIGHTS)
+    if "conversion" in config:  # a converted run: BN folded away (spikebridge convert)
+        from spikebridge.methods.convert import build_converted  # lazy: methods import engine
+
+        model = build_converted(model_cfg)
+    else:
+        model = build_from_config(model_cfg)
+    load_state_into(model, state, str(run_dir / BEST_WEIGHTS))
     return model.to(device).eval(), config

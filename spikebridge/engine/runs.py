@@ -1,20 +1,22 @@
-"""Library entry points behind the CLI: ``train_run(config)`` and ``eval_run(run_dir, ...)``.
+"""Library entry points behind the CLI: ``train_run``, ``eval_run``, ``export_run``.
 
 ``train_run`` is a recipe of named steps (torchtune style): resolve the device, prepare the
-run folder, set up data, set up the model, ``fit``, write the summary. Each step is a
-function that other recipes (distillation, conversion) can reuse.
+run folder, set up data, set up the model, ``fit``, measure, write the summary. Each step is
+a function that other recipes (distillation, conversion) can reuse; :func:`measure_run` is
+the measurement step (METHODS 3: firing rates, SOPs, MACs, energy estimate).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from spikebridge.analysis import measure_snn
 from spikebridge.config import (
     DEFAULT_RUNS_DIR,
     TRAIN_SECTIONS,
@@ -25,7 +27,9 @@ from spikebridge.config import (
     load_config,
 )
 from spikebridge.data import DatasetInfo, DeviceLoader, load_splits
+from spikebridge.data.spec import DATASET_INFO
 from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine import distributed as ddp
 from spikebridge.engine.evaluate import evaluate
 from spikebridge.engine.tasks import ClassificationTask
 from spikebridge.engine.train import (
@@ -34,6 +38,7 @@ from spikebridge.engine.train import (
     Loaders,
     derive_seed,
     fit,
+    open_tensorboard,
     print_flush,
 )
 from spikebridge.errors import ConfigError
@@ -41,6 +46,11 @@ from spikebridge.models import ModelConfig, build_from_config
 
 EVAL_FILE = "eval.json"
 EVAL_BATCH_FACTOR = 4  # default evaluation batch = 4 x the training batch (no gradients kept)
+# Firing rates, SOPs and energy are measured on the first MEASURE_IMAGES test images (in file
+# order, no augmentation): enough for stable averages, and a bounded cost (two forward passes
+# per batch) however large the test set is.
+MEASURE_IMAGES = 1024
+EXPORT_FORMATS = ("nir",)
 # Keys that may differ between an interrupted run and its resumption (nothing numerical).
 RUNTIME_KEYS = frozenset(
     {
@@ -48,6 +58,7 @@ RUNTIME_KEYS = frozenset(
         "train.progress",
         "train.device",
         "train.threads",
+        "train.tensorboard",
         "train.out",
         "data.data_dir",
     }
@@ -89,6 +100,7 @@ def setup_data(cfg: DataConfig, seed: int, device: torch.device) -> tuple[Loader
     train = DeviceLoader(
         splits.train_x, splits.train_y, cfg.batch_size, info, device,
         shuffle=True, augment=cfg.augment, seed=seed,
+        rank=ddp.get_rank(), world_size=ddp.get_world_size(),  # this rank's shard (torchrun)
     )  # fmt: skip
 
     def plain(x: torch.Tensor, y: torch.Tensor) -> DeviceLoader | None:
@@ -167,6 +179,48 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+class _FirstImages:
+    """Image batches of a loader (tensors or ``(images, labels)``), cut at ``max_images``;
+    ``.seen`` counts the images handed out (streamed: no batch is kept)."""
+
+    def __init__(self, loader: Iterable[Any], max_images: int) -> None:
+        self.loader, self.max_images, self.seen = loader, max_images, 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for batch in self.loader:
+            if self.seen >= self.max_images:
+                return
+            images = (batch if torch.is_tensor(batch) else batch[0])[: self.max_images - self.seen]
+            self.seen += len(images)
+            yield images
+
+
+def measure_run(
+    model: nn.Module, loader: Iterable[Any], max_images: int = MEASURE_IMAGES
+) -> dict[str, Any]:
+    """METHODS 3 numbers of ``model`` on the first ``max_images`` images of ``loader``.
+
+    ``loader`` yields ``(images[B, C, H, W], labels)`` or image tensors (e.g. the test
+    DeviceLoader, unshuffled). A spiking model is measured at its own T and gives
+    ``firing_rate`` (spikes per neuron per step over all sites, in [0, 1]),
+    ``firing_rate_by_layer``, ``silent_fraction``, ``sops_per_image``,
+    ``first_layer_macs_per_image``, ``macs_per_image`` (the ANN equivalent),
+    ``energy_estimate_uj`` (SNN), ``ann_energy_estimate_uj``, ``energy_note`` and
+    ``measured_timesteps``; an ANN gives ``macs_per_image``, ``ann_energy_estimate_uj`` and
+    ``energy_note``. ``measured_images`` = images used (an ANN's MACs need only one batch).
+    Energies are estimates: E_MAC = 4.6 pJ, E_AC = 0.9 pJ (45 nm, Horowitz 2014).
+    """
+    if max_images < 1:
+        raise ConfigError(f"max_images is {max_images}; expected an integer >= 1.")
+    images = _FirstImages(loader, max_images)
+    result = measure_snn(model, images)
+    result.pop("images", None)
+    result["measured_images"] = images.seen
+    if getattr(model, "spiking", False):
+        result["measured_timesteps"] = int(model.timesteps)
+    return result
+
+
 def make_summary(config: Config, model: nn.Module, result: FitResult, run_dir: Path) -> dict:
     """The ``summary.json`` record (accuracies are fractions)."""
     state, test, m = result.state, result.test or {}, config.model
@@ -184,6 +238,15 @@ def make_summary(config: Config, model: nn.Module, result: FitResult, run_dir: P
     return summary
 
 
+def measure_step(model: nn.Module, loaders: Loaders, log: Callable[[str], None]) -> dict:
+    """The recipe's measurement step: :func:`measure_run` on the test split (else val)."""
+    loader = loaders.test if loaders.test is not None else loaders.val
+    if loader is None:
+        log("no test or validation split: firing rates, SOPs and energy not measured")
+        return {}
+    return measure_run(model, loader)
+
+
 def train_run(config: Config | Mapping[str, Any], log: Callable[[str], None] = print_flush) -> dict:
     """Train a model as ``config`` says, in a run folder; return the summary dict.
 
@@ -192,8 +255,15 @@ def train_run(config: Config | Mapping[str, Any], log: Callable[[str], None] = p
     """
     if not isinstance(config, Config):
         config = load_config(TRAIN_SECTIONS, overrides=config)
-    device = setup_runtime(config.train)
-    run_dir = prepare_run_dir(config)
+    with ddp.session(setup_runtime(config.train)) as device:  # torchrun: one rank per device
+        summary = _train_steps(config, device, ddp.main_only(log))
+        ddp.barrier()  # the other ranks wait for rank 0's files
+    return summary
+
+
+def _train_steps(config: Config, device: torch.device, log: Callable[[str], None]) -> dict:
+    """The steps of :func:`train_run` on this rank; only rank 0 writes the run folder."""
+    run_dir = ddp.on_main(prepare_run_dir, config)  # one name (it has a timestamp) for all
     config = config.replace("train", out=str(run_dir))
     if config.train.resume and (run_dir / ckpt.SUMMARY_FILE).is_file():
         log(f"run {run_dir} is already finished; nothing to resume.")
@@ -203,12 +273,17 @@ def train_run(config: Config | Mapping[str, Any], log: Callable[[str], None] = p
     if config.train.resume:
         check_resumable(run_dir, config)
     model = setup_model(config.model, config.train.seed, device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if stored_config(run_dir) is None:
-        ckpt.write_json(run_dir / ckpt.CONFIG_FILE, config.to_dict())
+    if getattr(config.train, "tensorboard", False):
+        open_tensorboard(None)  # fail before the run folder exists when tensorboard is missing
+    if ddp.is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if stored_config(run_dir) is None:
+            ckpt.write_json(run_dir / ckpt.CONFIG_FILE, config.to_dict())
     result = fit(model, ClassificationTask(), loaders, config.optim, config.train, run_dir, log)
     summary = make_summary(config, model, result, run_dir)
-    ckpt.write_json(run_dir / ckpt.SUMMARY_FILE, summary)
+    summary.update(measure_step(model, loaders, log))
+    if ddp.is_main_process():
+        ckpt.write_json(run_dir / ckpt.SUMMARY_FILE, summary)
     return summary
 
 
@@ -242,6 +317,9 @@ def eval_run(
 ) -> dict:
     """Evaluate a run folder's selected model; writes and returns ``eval.json``.
 
+    Adds the :func:`measure_run` numbers (firing rates, SOPs, MACs, energy estimate) of the
+    model at its own T on the first :data:`MEASURE_IMAGES` images of the split.
+
     ``timesteps``: a single T (report every t <= T), a list (report those t), or None
     (the model's T). All t come from one pass at the largest T (METHODS 3).
     """
@@ -258,6 +336,7 @@ def eval_run(
         "accuracy_by_timestep": {str(t): result["accuracy_by_timestep"][str(t)] for t in wanted},
         "loss_by_timestep": {str(t): result["loss_by_timestep"][str(t)] for t in wanted},
     }  # fmt: skip
+    report.update(measure_run(model, loader))
     ckpt.write_json(Path(run_dir) / EVAL_FILE, report)
     return report
 
@@ -272,3 +351,49 @@ def _wanted_timesteps(model: nn.Module, timesteps: Sequence[int] | int | None) -
     if not model.spiking and max(wanted) > 1:
         raise ConfigError("this run's model is an ANN (T = 1); --timesteps applies to SNNs.")
     return wanted
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _input_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
+    """One image ``(C, H, W)`` of the run's dataset (from the dataset's description)."""
+    dataset = config.get("data", {}).get("dataset")
+    info = DATASET_INFO.get(dataset)
+    if info is None:
+        raise ConfigError(
+            f"the input size of dataset {dataset!r} is unknown; pass input_shape (C, H, W)."
+        )
+    channels = int(config.get("model", {}).get("in_channels") or info.in_channels)
+    return channels, info.image_size, info.image_size
+
+
+def export_run(
+    run_dir: str | Path,
+    fmt: str = "nir",
+    out: str | Path | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+) -> Path:
+    """Export a spiking run folder's selected model to ``out`` (default ``RUN/model.<fmt>``).
+
+    Formats: ``nir`` (:func:`spikebridge.export.export_nir`; needs the ``nir`` package).
+    ANN runs are refused (ConfigError): NIR describes spiking networks; convert the ANN or
+    train with ``--neuron lif`` first. Returns the written path.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(
+            f"export format {fmt!r} is unknown; expected one of {', '.join(EXPORT_FORMATS)}."
+        )
+    model, config = ckpt.load_run(run_dir, "cpu")
+    if not getattr(model, "spiking", False):
+        raise ConfigError(
+            f"run {str(run_dir)!r} is an ANN; {fmt} export covers spiking runs (train with "
+            "--neuron lif, or convert the ANN first)."
+        )
+    from spikebridge.export import export_nir
+
+    path = Path(out) if out is not None else Path(run_dir) / f"model.{fmt}"
+    if not path.parent.is_dir():
+        raise ConfigError(f"output folder {str(path.parent)!r} does not exist; create it first.")
+    export_nir(model, path, input_shape or _input_shape(config))
+    return path

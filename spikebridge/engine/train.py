@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from spikebridge.config import OptimConfig, TrainConfig
 from spikebridge.engine import checkpoint as ckpt
-from spikebridge.engine.evaluate import evaluate
+from spikebridge.engine import distributed as ddp
+from spikebridge.engine.distributed import evaluate_sharded as evaluate
 from spikebridge.engine.optim import build_optimizer, build_scheduler
 from spikebridge.engine.tasks import Task
 from spikebridge.errors import ConfigError, ModelError
@@ -41,6 +42,7 @@ from spikebridge.errors import ConfigError, ModelError
 EPOCH_STREAM, INIT_STREAM = 1, 2  # keys of derive_seed, so streams never coincide
 POSTFIX_EVERY = 10  # refresh the progress bar's loss every N steps (each refresh syncs)
 STATE_FORMAT = 1
+TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard holds the event files (--tensorboard)
 
 
 def print_flush(message: str) -> None:
@@ -58,6 +60,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def open_tensorboard(run_dir: str | Path | None) -> Any:
+    """A ``SummaryWriter`` into ``run_dir/tensorboard`` (None without ``run_dir``).
+
+    tensorboard is optional, so it is imported only here; ConfigError when it is missing.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError(
+            "--tensorboard needs the tensorboard package; install it with "
+            "pip install 'spikebridge[tensorboard]'."
+        ) from None
+    return SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR)) if run_dir is not None else None
 
 
 @dataclass
@@ -103,12 +120,16 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = next(model.parameters()).device
         self.use_amp = train.amp and self.device.type == "cuda"
-        self.forward_model = torch.compile(model) if train.compile else model
+        self.writes = ddp.is_main_process()  # only rank 0 writes files (docs/SCALING.md)
+        wrapped = ddp.wrap_model(model, getattr(train, "sync_bn", False))  # DDP if torchrun
+        self.forward_model = torch.compile(wrapped) if train.compile else wrapped
         self.optimizer = build_optimizer(model, optim)
         self.scheduler = build_scheduler(self.optimizer, optim, train.epochs, len(loaders.train))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.state, self.history = FitState(), []
         self.best_weights: dict[str, torch.Tensor] | None = None
+        wants_tb = getattr(train, "tensorboard", False)  # per-epoch scalars for TensorBoard
+        self.writer = open_tensorboard(self.run_dir) if wants_tb and self.writes else None
 
     # ------------------------------------------------------------------ one epoch
 
@@ -122,7 +143,7 @@ class Trainer:
         bar = tqdm(
             self.loaders.train, total=len(self.loaders.train), leave=False,
             desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-            disable=not (self.cfg.progress and sys.stderr.isatty()),
+            disable=not (self.cfg.progress and sys.stderr.isatty() and self.writes),
         )  # fmt: skip
         for i, (images, labels) in enumerate(bar):
             out = self.step(images, labels)
@@ -130,6 +151,7 @@ class Trainer:
             n += len(labels)
             if not bar.disable and i % POSTFIX_EVERY == 0:
                 bar.set_postfix(loss=f"{out['loss'].item():.4f}")
+        sums, n = ddp.all_reduce_sums(sums, n)  # sums over ranks (no-op in one process)
         stats = {k: v.item() / n for k, v in sums.items()}
         if not math.isfinite(stats["loss"]):
             raise ConfigError(f"training diverged (loss {stats['loss']} in epoch {epoch + 1}); "
@@ -173,7 +195,7 @@ class Trainer:
             self.best_weights = {
                 k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
             }
-            if self.run_dir is not None:
+            if self.run_dir is not None and self.writes:
                 ckpt.save_weights(self.best_weights, self.run_dir / ckpt.BEST_WEIGHTS)
 
     # ------------------------------------------------------------------ save / resume
@@ -181,7 +203,12 @@ class Trainer:
     def save(self, record: dict[str, Any]) -> None:
         """Append the epoch's metrics; save last weights and the resume state (atomic)."""
         self.history.append(record)
-        if self.run_dir is None:
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self.writer.add_scalar(key, value, record["epoch"])
+            self.writer.flush()
+        if self.run_dir is None or not self.writes:
             return
         ckpt.write_jsonl(self.run_dir / ckpt.METRICS_FILE, self.history)
         meta = {"epoch": str(self.state.epoch)}
@@ -226,6 +253,8 @@ class Trainer:
 
     def finish(self) -> FitResult:
         """Load the selected weights into the model and test it once (at ``eval_timesteps``)."""
+        if self.writer is not None:
+            self.writer.close()
         if self.best_weights is not None:
             ckpt.load_state_into(self.model, self.best_weights, "the selected weights")
         result = FitResult(self.state, self.history)

@@ -376,6 +376,7 @@ def convert(
     grid: tuple[float, ...] | list[float] = DEFAULT_SCALE_GRID,
     batch_size: int = 64,
     progress: bool = False,
+    tune_guard: bool = True,
 ) -> ResNet:
     """Convert a ResNet ANN into a NEW IF spiking ResNet (see the module docstring).
 
@@ -388,7 +389,8 @@ def convert(
         percentile: robust-norm percentile (``robust``, and ReLU sites under ``ttrbr``).
         phi: initial membrane potential as a fraction of θ (0.5 for QCFS).
         channelwise: per-channel thresholds (statistics and tuning).
-        tune_phi, grid: threshold-tuning options (``ttrbr`` only).
+        tune_phi, grid, tune_guard: threshold-tuning options (``ttrbr`` only; ``tune_guard``
+            keeps a block's tuned thresholds only if its output error does not grow).
 
     Returns the spiking model (eval mode) with ``.config`` (rebuild with
     :func:`build_converted`) and ``.conversion_report`` (:class:`ConversionReport`).
@@ -408,8 +410,9 @@ def convert(
     if method == "ttrbr":
         assert batches is not None  # _check_args refuses ttrbr without calibration data
         tuning = tune_thresholds(
-            ann, snn, batches, timesteps, grid, channelwise, tune_phi, progress=progress
-        )
+            ann, snn, batches, timesteps, grid, channelwise, tune_phi,
+            progress=progress, guard=tune_guard,
+        )  # fmt: skip
     uses_percentile = method == "robust" or method == "ttrbr"
     report = ConversionReport(
         method, timesteps, phi, percentile if uses_percentile else None, channelwise,

@@ -11,9 +11,15 @@ that the already-tuned earlier sites produce, so the deviation error (currents t
 over time, METHODS 2.3) is part of the loss, unlike statistics-only rules (max-norm,
 robust-norm).
 
-Cost: per site, one pass over the calibration chunks that runs the ANN and the SNN only
-up to that site (a hook stops the forward), captures the site's currents ``[T*B, ...]``
-and re-simulates just that neuron once per candidate. Memory is one chunk at a time.
+Cost: for a spikebridge ResNet (the usual case) the ANN's and the SNN's activations are
+cached at the input of the current residual block (stem first), per calibration chunk;
+each site's pass runs only its own block from that cache, and the cache then advances one
+block. That is O(depth) block evaluations in all, not O(depth²) passes from the image
+(what a 100+ layer network would need otherwise), and gives the same numbers. Memory: one
+block input per chunk for the whole calibration set, ``N·(1 + T)`` activations of the
+widest block input. Other models fall back to one pass from the image per site, stopped
+at the site by a hook. Either way the site's currents ``[T*B, ...]`` are captured and just
+that neuron is re-simulated once per candidate.
 
 Guarantee: scale 1 (with the current φ) is always a candidate and is tried first, so the
 chosen value never has a larger calibration loss than the one the site started with
@@ -24,7 +30,7 @@ channels are independent neurons, so it is the exact per-channel minimum on the 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -39,8 +45,9 @@ from spikebridge.methods.error_analysis import (
     model_device,
     paired_sites,
 )
+from spikebridge.models.resnet import ResNet
 from spikebridge.nn.neurons import SpikingNeuron
-from spikebridge.nn.temporal import SpikingSite, unfold
+from spikebridge.nn.temporal import SpikingSite, fold, unfold
 
 DEFAULT_SCALE_GRID = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2)
 """Threshold scales tried per site (1.0 = keep θ; always added if missing)."""
@@ -62,6 +69,7 @@ class TuningRow:
     phi: float
     loss_before: float  # E(r − a)² with scale 1, earlier sites already tuned
     loss_after: float  # E(r − a)² with the chosen scale (never above loss_before)
+    reverted: bool = False  # the block guard put this site back to its initial θ and φ
 
 
 @dataclass
@@ -133,19 +141,26 @@ def _sse_per_channel(probe: SpikingNeuron, u: torch.Tensor, a: torch.Tensor) -> 
     return err.sum(dim=[d for d in range(err.dim()) if d != 1]).double()
 
 
+Inputs = list[tuple[torch.Tensor, torch.Tensor]]  # per chunk: (ANN input, SNN input)
+
+
 def _site_sse(
     ann: nn.Module,
     snn: nn.Module,
     sites: tuple[nn.Module, SpikingSite],
-    batches: list[torch.Tensor],
+    inputs: Inputs,
     probes: list[SpikingNeuron],
 ) -> tuple[torch.Tensor, int]:
-    """Summed squared error ``[K, C]`` of every candidate probe over the calibration chunks."""
+    """Summed squared error ``[K, C]`` of every candidate probe over the calibration chunks.
+
+    ``ann`` / ``snn`` are the whole models (inputs = images) or one segment of each
+    (inputs = the cached segment inputs, ``[B, ...]`` and ``[T*B, ...]``).
+    """
     ann_site, snn_site = sites
     sse, count = None, 0
-    for x in batches:
-        a = capture(ann, ann_site, x.to(model_device(ann)), "output").to(x.device)
-        u = unfold(capture(snn, snn_site, x, "input"), snn_site.timesteps)
+    for xa, xs in inputs:
+        a = capture(ann, ann_site, xa, "output").to(xs.device)
+        u = unfold(capture(snn, snn_site, xs, "input"), snn_site.timesteps)
         part = torch.stack([_sse_per_channel(p, u, a) for p in probes])
         sse = part if sse is None else sse + part
         count += a.numel()
@@ -182,7 +197,7 @@ def _tune_site(
     ann: nn.Module,
     snn: nn.Module,
     sites: tuple[str, nn.Module, SpikingSite],
-    batches: list[torch.Tensor],
+    inputs: Inputs,
     cands: list[Candidate],
     channelwise: bool,
 ) -> TuningRow:
@@ -193,7 +208,7 @@ def _tune_site(
         _probe(neuron, theta0 * s, phi0 if p is None else torch.full_like(phi0, p))
         for s, p in cands
     ]
-    sse, count = _site_sse(ann, snn, (ann_site, snn_site), batches, probes)
+    sse, count = _site_sse(ann, snn, (ann_site, snn_site), inputs, probes)
     scale, loss, phi = _apply_choice(snn_site, cands, sse, channelwise)
     return TuningRow(
         site=name,
@@ -217,6 +232,7 @@ def tune_thresholds(
     phi_grid: tuple[float, ...] | list[float] = DEFAULT_PHI_GRID,
     batch_size: int = 64,
     progress: bool = False,
+    guard: bool = True,
 ) -> TuningReport:
     """Tune every site's threshold scale ``s_l`` (and φ) in place (METHODS 2.4, our design).
 
@@ -230,6 +246,10 @@ def tune_thresholds(
         grid: threshold scales to try (1.0 is always tried).
         channelwise: pick a scale per channel (θ becomes a ``[C]`` buffer).
         tune_phi: also search φ over ``phi_grid`` jointly with the scale.
+        guard: (ResNets) keep a residual block's tuned sites only if the error of the
+            block's OUTPUT (the residual stream, shortcut included) does not increase;
+            otherwise put them back (``row.reverted``). Greedy per-site tuning can lower
+            each site's own error yet raise the stream's, e.g. on QCFS pre-add models.
 
     Returns a :class:`TuningReport` (per site: θ before/after, scale, φ, loss before/after).
     """
@@ -240,11 +260,96 @@ def tune_thresholds(
     pairs = paired_sites(ann, snn)
     batches = calibration_batches(calibration_images, batch_size, model_device(snn))
     snn.set_timesteps(timesteps)  # type: ignore[operator]
+    segments, site_pairs = _segment_plan(ann, snn, pairs), pairs
     if progress:
         from tqdm import tqdm
 
         pairs = tqdm(pairs, desc="threshold tuning", unit="site")  # type: ignore[assignment]
     with eval_mode(ann, snn):
-        rows = [_tune_site(ann, snn, p, batches, cands, channelwise) for p in pairs]
+        if segments is None:
+            inputs = [(x.to(model_device(ann)), x) for x in batches]
+            rows = [_tune_site(ann, snn, p, inputs, cands, channelwise) for p in pairs]
+        else:
+            rows = _tune_by_segment(
+                segments, site_pairs, batches, (cands, channelwise, guard), timesteps
+            )
     n_images = sum(b.shape[0] for b in batches)
     return TuningReport(rows, timesteps, channelwise, tune_phi, scales, phis, n_images)
+
+
+# --------------------------------------------------------------------------- block cache
+
+
+class _Stem:
+    """The stem of a ResNet as a callable segment: ``stem_pool(act1(bn1(conv1(x))))``."""
+
+    def __init__(self, model: ResNet) -> None:
+        self.model = model
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        return m.stem_pool(m.act1(m.bn1(m.conv1(x))))
+
+
+Segment = tuple[str, Any, Any]  # (site-name prefix, ANN segment, SNN segment)
+
+
+def _segment_plan(ann: nn.Module, snn: nn.Module, pairs: list) -> list[Segment] | None:  # type: ignore[type-arg]
+    """Stem + every residual block of both ResNets, or None when a site lies elsewhere."""
+    if not (isinstance(ann, ResNet) and isinstance(snn, ResNet)):
+        return None
+    segments: list[Segment] = [("", _Stem(ann), _Stem(snn))]
+    for i, (stage_a, stage_s) in enumerate(zip(ann.stages, snn.stages, strict=True)):
+        for j, (block_a, block_s) in enumerate(zip(stage_a, stage_s, strict=True)):
+            segments.append((f"stages.{i}.{j}.", block_a, block_s))
+    stem_sites = {"act1"}
+    for name, _, _ in pairs:
+        if name not in stem_sites and not name.startswith("stages."):
+            return None
+    return segments
+
+
+def _segment_outputs(seg_a: Any, seg_s: Any, inputs: Inputs, T: int) -> tuple[Inputs, float]:
+    """Run one segment on every chunk: the next inputs and ``Σ (mean_t(snn) − ann)²``."""
+    outputs, sse = [], 0.0
+    for xa, xs in inputs:
+        ya, ys = seg_a(xa), seg_s(xs)
+        sse += (unfold(ys, T).mean(0) - ya.to(ys.device)).double().square().sum().item()
+        outputs.append((ya, ys))
+    return outputs, sse
+
+
+def _tune_by_segment(
+    segments: list[Segment],
+    pairs: list[tuple[str, nn.Module, SpikingSite]],
+    batches: list[torch.Tensor],
+    options: tuple[list[Candidate], bool, bool],
+    timesteps: int,
+) -> list[TuningRow]:
+    """Tune site by site, running only the current segment from cached inputs.
+
+    ``options`` = (candidates, channel-wise, block guard).
+    """
+    cands, channelwise, guard = options
+    device = model_device(segments[0][1].model)
+    inputs = [(x.to(device), fold(x.unsqueeze(0).expand(timesteps, *x.shape))) for x in batches]
+    by_name = {p[0]: p for p in pairs}
+    rows = {}
+    for prefix, seg_a, seg_s in segments:
+        own = [n for n in by_name if (n.startswith(prefix) if prefix else n == "act1")]
+        neurons = [by_name[n][2].neuron for n in own]
+        saved = [(nr.threshold.clone(), nr.phi.clone()) for nr in neurons]
+        if guard and own:
+            untuned, before = _segment_outputs(seg_a, seg_s, inputs, timesteps)
+        for name in own:
+            rows[name] = _tune_site(seg_a, seg_s, by_name[name], inputs, cands, channelwise)
+        tuned, after = _segment_outputs(seg_a, seg_s, inputs, timesteps)
+        if guard and own and after > before:
+            for name, nr, (theta, phi) in zip(own, neurons, saved, strict=True):
+                nr.threshold, nr.phi = theta, phi
+                r = rows[name]
+                rows[name] = replace(r, theta=r.theta_init, scale=1.0, phi=phi.float().mean().item(),
+                                     loss_after=r.loss_before, reverted=True)  # fmt: skip
+            tuned = untuned
+        inputs = tuned
+    return [rows[p[0]] for p in pairs]

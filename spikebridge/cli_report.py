@@ -1,0 +1,43 @@
+"""``spikebridge report`` and ``spikebridge export``: thin CLI glue (parse, call, print).
+
+The work is done by :func:`spikebridge.analysis.report.write_report` and
+:func:`spikebridge.engine.runs.export_run`; bad input raises a SpikebridgeError, which
+``spikebridge.cli.main`` turns into exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from spikebridge.engine.runs import EXPORT_FORMATS
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN", help="run folder (train, eval or convert)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """``spikebridge report RUN``: write RUN/report.md and its PNG figures."""
+    from spikebridge.analysis.report import write_report  # matplotlib only when needed
+
+    path = write_report(args.run_dir)
+    figures = sorted(p.name for p in path.parent.glob("*.png"))
+    print(f"wrote {path} ({len(figures)} figure(s): {', '.join(figures) or 'none'})")
+    return 0
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN", help="spiking run folder (LIF or converted IF)")
+    parser.add_argument(
+        "--format", default="nir", help=f"output format: {', '.join(EXPORT_FORMATS)} (default nir)"
+    )
+    parser.add_argument("-o", "--output", help="output file (default: RUN/model.<format>)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``spikebridge export RUN --format nir -o model.nir``: ANN runs are refused (exit 2)."""
+    from spikebridge.engine.runs import export_run
+
+    path = export_run(args.run_dir, args.format, args.output)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,210 @@
+"""Experiment kind ``conversion``: accuracy vs T across depths, block structures and methods.
+
+For every model (depth) x block structure x ANN activation that the methods need (``relu``
+for maxnorm / robust / ttrbr, ``qcfs`` for qcfs / ttrbr), one ANN is trained (reused when
+its folder already has ``summary.json``), then converted with every applicable method and
+simulated ONCE at the largest T (accuracy at every t <= T from that pass). ``ttrbr`` and the
+``pre-add`` block are **our design** on the TTRBR abstract (METHODS 2.4-2.5).
+
+Spec keys (YAML top level, profiles merged over it)::
+
+    kind: conversion
+    dataset: fashion-mnist
+    models: [resnet20, resnet110]
+    blocks: [post-add, pre-add]
+    methods: [maxnorm, robust, qcfs, ttrbr]
+    timesteps: [1, 2, 4, 8, 16, 32]
+    calibration_size: 1024          # training images for statistics / tuning
+    percentile: 99.99               # robust-norm percentile
+    tune_timesteps: null            # ttrbr tuning T (default: smallest T >= 4)
+    test_images: null               # evaluate on the first N test images (null = all)
+    tune_guard: true                # ttrbr: put back a block whose output error grows
+    train: {epochs: 3, width: 0.5, subset: 6000, ...}   # train_run options of every ANN
+    activations: {relu: {}, qcfs: {qcfs_levels: 8, threshold: 2.0}}  # per-activation options
+    device: auto
+
+Writes ``anns/<model>-<block>-<act>/``, ``conversions/<...>-<method>/`` (converted run
+folders, also reused when finished), ``results.md``, ``results.json`` and ``accuracy_vs_t.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine.runs import train_run
+from spikebridge.errors import ConfigError, SpikebridgeError
+from spikebridge.experiments import register_experiment
+from spikebridge.methods.convert import METHODS
+from spikebridge.recipes.conversion import DEFAULT_TIMESTEPS, convert_run
+
+METHOD_ACTIVATIONS = {
+    "maxnorm": ("relu",),
+    "robust": ("relu",),
+    "qcfs": ("qcfs",),
+    "ttrbr": ("relu", "qcfs"),
+}
+"""Which ANN activations each method is applied to."""
+STRUCTURES = ("post-add", "pre-add")
+PLOT_FILE = "accuracy_vs_t.png"
+
+
+def _check_spec(spec: dict[str, Any]) -> tuple[list[str], list[str], list[str], list[int]]:
+    models = list(spec.get("models") or [])
+    blocks = list(spec.get("blocks") or STRUCTURES)
+    methods = list(spec.get("methods") or METHODS)
+    timesteps = sorted({int(t) for t in spec.get("timesteps") or DEFAULT_TIMESTEPS})
+    if not models:
+        raise ConfigError("the conversion experiment has no 'models:'; expected e.g. [resnet20].")
+    bad = [b for b in blocks if b not in STRUCTURES] + [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"unknown block or method {bad[0]!r}; expected {STRUCTURES} / {METHODS}.")
+    return models, blocks, methods, timesteps
+
+
+def _ann(
+    spec: dict[str, Any], out_dir: Path, arm: tuple[str, str, str], log: Callable[[str], None]
+) -> Path:
+    """Train (or reuse) the ANN of one (model, block, activation) arm; return its folder."""
+    model, block, act = arm
+    run_dir = out_dir / "anns" / f"{model}-{block}-{act}"
+    if (run_dir / ckpt.SUMMARY_FILE).is_file():
+        log(f"reusing ANN {run_dir}")
+        return run_dir
+    overrides = {
+        "dataset": spec.get("dataset", "fashion-mnist"), "model": model, "block": block,
+        "activation": act, "progress": False, "device": spec.get("device", "auto"),
+        **(spec.get("train") or {}), **((spec.get("activations") or {}).get(act) or {}),
+        "out": str(run_dir), "resume": (run_dir / ckpt.CONFIG_FILE).is_file(),
+    }  # fmt: skip
+    if spec.get("data_dir"):
+        overrides["data_dir"] = spec["data_dir"]
+    log(f"training ANN {run_dir.name}")
+    train_run(overrides, log=log)
+    return run_dir
+
+
+def _convert(
+    spec: dict[str, Any], out_dir: Path, ann_dir: Path, method: str, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Convert (or reuse) one ANN with one method; returns the conversion summary."""
+    run_dir = out_dir / "conversions" / f"{ann_dir.name}-{method}"
+    if (run_dir / ckpt.SUMMARY_FILE).is_file():
+        return ckpt.read_json(run_dir / ckpt.SUMMARY_FILE)
+    if (run_dir / ckpt.CONFIG_FILE).is_file():  # an interrupted conversion: start it again
+        (run_dir / ckpt.CONFIG_FILE).unlink()
+    log(f"converting {ann_dir.name} with {method}")
+    return convert_run(
+        ann_dir, method, spec.get("timesteps") or DEFAULT_TIMESTEPS,
+        int(spec.get("calibration_size", 1024)), float(spec.get("percentile", 99.99)),
+        bool(spec.get("channelwise", False)), False, spec.get("tune_timesteps"), run_dir,
+        spec.get("device", "auto"), max_test_images=spec.get("test_images"),
+        tune_guard=bool(spec.get("tune_guard", True)), log=log,
+    )  # fmt: skip
+
+
+def _row(arm: tuple[str, str, str], summary: dict[str, Any], timesteps: list[int]) -> dict:
+    by_t = summary["accuracy_by_timestep"]
+    return {
+        "model": arm[0], "block": arm[1], "activation": arm[2], "method": summary["method"],
+        "ann_accuracy": summary["ann_accuracy"],
+        "accuracy": {str(t): by_t[str(t)] for t in timesteps},
+        "accuracy_by_timestep": by_t, "run_dir": summary["run_dir"],
+        "tune_timesteps": summary.get("tune_timesteps"),
+        "convert_time_s": summary.get("convert_time_s"),
+    }  # fmt: skip
+
+
+def _safe_row(
+    spec: dict[str, Any], out_dir: Path, ann_dir: Path, what: tuple, log: Callable[[str], None]
+) -> dict:
+    """One conversion's row; a refused conversion (e.g. a diverged ANN) becomes an error row."""
+    arm, method = what
+    try:
+        return _row(arm, _convert(spec, out_dir, ann_dir, method, log), spec["timesteps"])
+    except SpikebridgeError as exc:
+        log(f"conversion {ann_dir.name} {method} failed: {exc}")
+        ann = ckpt.read_json(ann_dir / ckpt.SUMMARY_FILE).get("test_accuracy")
+        return {"model": arm[0], "block": arm[1], "activation": arm[2], "method": method,
+                "ann_accuracy": ann, "accuracy": None, "accuracy_by_timestep": None,
+                "error": str(exc)}  # fmt: skip
+
+
+@register_experiment("conversion")
+def run_conversion(spec: dict[str, Any], out_dir: Path, log: Callable[[str], None]) -> dict:
+    """Run the depth x structure x method sweep (see the module docstring)."""
+    models, blocks, methods, timesteps = _check_spec(spec)
+    spec = {**spec, "timesteps": timesteps}
+    start, rows = time.perf_counter(), []
+    for model in models:
+        for block in blocks:
+            for act in ("relu", "qcfs"):
+                wanted = [m for m in methods if act in METHOD_ACTIVATIONS[m]]
+                if not wanted:
+                    continue
+                arm = (model, block, act)
+                ann_dir = _ann(spec, out_dir, arm, log)
+                rows += [_safe_row(spec, out_dir, ann_dir, (arm, m), log) for m in wanted]
+    results = {"rows": rows, "timesteps": timesteps, "profile": spec.get("profile"),
+               "wall_time_s": time.perf_counter() - start, "spec": spec}  # fmt: skip
+    ckpt.write_json(out_dir / "results.json", json.loads(json.dumps(results, default=str)))
+    ckpt.write_text(out_dir / "results.md", results_markdown(rows, timesteps, spec))
+    plot_accuracy(rows, out_dir / PLOT_FILE)
+    log(results_markdown(rows, timesteps, spec))
+    return results
+
+
+def results_markdown(rows: list[dict], timesteps: list[int], spec: dict[str, Any]) -> str:
+    """One table line per (model, structure, ANN activation, method): accuracy (%) at each T."""
+    head = ["depth", "structure", "ANN act", "ANN acc", "method"] + [f"T={t}" for t in timesteps]
+    lines = [
+        f"# Conversion: accuracy vs T ({spec.get('dataset', 'fashion-mnist')}, profile "
+        f"{spec.get('profile')})",
+        "",
+        "ttrbr (threshold tuning) and the pre-add block are our design on the TTRBR abstract.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rows:
+        ann = "n/a" if r["ann_accuracy"] is None else f"{100 * r['ann_accuracy']:.2f}"
+        cells = [r["model"], r["block"], r["activation"], ann, r["method"]]
+        if r["accuracy"] is None:
+            cells += [f"failed: {r['error']}"] + [""] * (len(timesteps) - 1)
+        else:
+            cells += [f"{100 * r['accuracy'][str(t)]:.2f}" for t in timesteps]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy(rows: list[dict], path: Path) -> Path:
+    """One panel per depth: accuracy vs t (log2 axis), a line per method/activation/structure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig = Figure(figsize=(5.0 * len(models), 4.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    colors = {}
+    for ax, model in zip(axes, models, strict=True):
+        for r in (r for r in rows if r["model"] == model and r["accuracy"] is not None):
+            key = f"{r['method']} ({r['activation']} ANN)"
+            color = colors.setdefault(key, f"C{len(colors)}")
+            ts = sorted(int(t) for t in r["accuracy_by_timestep"])
+            acc = [100 * r["accuracy_by_timestep"][str(t)] for t in ts]
+            style = "-" if r["block"] == "pre-add" else "--"
+            ax.plot(ts, acc, style, color=color, label=f"{key}, {r['block']}")
+        ax.set_xscale("log", base=2)
+        ax.set_title(model)
+        ax.set_xlabel("time-steps t (log2)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

@@ -1,0 +1,343 @@
+"""Conversion recipes: ``convert_run`` (ANN run folder -> converted SNN run folder) and
+``analyze_run`` (per-layer conversion error report), behind ``spikebridge convert`` and
+``spikebridge analyze`` (METHODS 2).
+
+``maxnorm`` (Diehl et al. 2015), ``robust`` (Rueckauer et al. 2017) and ``qcfs`` (Bu et al.
+2022) are published baselines. ``ttrbr`` -- threshold tuning (METHODS 2.4), the error
+decomposition (2.3) and the pre-add block (2.5) -- is **our design** built on the abstract
+of the TTRBR paper (no code or full text was available).
+
+Choices where the spec is silent:
+
+- calibration images are ``N`` (default 1024) images of the ANN run's TRAINING split, drawn
+  with a seeded permutation, normalized, never augmented;
+- ``ttrbr`` tunes thresholds at ONE ``tune_timesteps`` (default: the smallest requested
+  T >= 4, else the largest requested T) -- tuning at every T would multiply the cost;
+  the same converted model is then simulated once at the largest T and its accuracy is
+  reported at every t <= T (one causal pass, METHODS 3);
+- the ANN's accuracy is re-measured on the same test images (not read from its summary).
+
+A converted run folder holds ``config.json`` (the ANN run's data/train sections, the
+converted ``model`` section with ``neuron="if"`` and a ``conversion`` section),
+``model.safetensors`` (folded weights + thresholds), ``summary.json`` and
+``conversion.md``; :func:`spikebridge.engine.load_run` reloads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spikebridge.config import DEFAULT_RUNS_DIR, build_section
+from spikebridge.data import DeviceLoader, load_splits
+from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine.evaluate import evaluate
+from spikebridge.engine.runs import resolve_device
+from spikebridge.errors import ConfigError
+from spikebridge.methods.convert import METHODS, convert
+from spikebridge.methods.error_analysis import decompose_errors, plot_errors
+
+DEFAULT_CALIBRATION = 1024
+DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32)
+REPORT_FILE = "conversion.md"
+CALIBRATION_STREAM = 7919  # offsets the run seed so calibration draws differ from splits
+OURS_NOTE = "ttrbr (threshold tuning + pre-add blocks) is our design on the TTRBR abstract"
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def run_data(config: dict[str, Any], data_dir: str | None = None):  # type: ignore[no-untyped-def]
+    """The splits, data section and seed of an ANN run (re-made from its config)."""
+    data = build_section("data", config.get("data", {}))
+    seed = int(config.get("train", {}).get("seed", 0))
+    splits = load_splits(data.dataset, data_dir or data.data_dir, data.subset, data.val_size, seed)
+    return splits, data, seed
+
+
+def calibration_images(
+    splits: Any, n: int, seed: int, device: torch.device, batch_size: int = 256
+) -> list[torch.Tensor]:
+    """``n`` normalized training images as batches ``[b, C, H, W]`` (seeded draw, no augment)."""
+    if n < 1:
+        raise ConfigError(f"calibration size is {n}; expected an integer >= 1.")
+    gen = torch.Generator().manual_seed(seed + CALIBRATION_STREAM)
+    idx = torch.randperm(len(splits.train_y), generator=gen)[:n].sort().values
+    loader = DeviceLoader(
+        splits.train_x[idx], splits.train_y[idx], batch_size, splits.info, device,
+        shuffle=False, augment=False, seed=seed,
+    )  # fmt: skip
+    return [x for x, _ in loader]
+
+
+def eval_loader(  # type: ignore[no-untyped-def]
+    splits: Any, data: Any, seed: int, device: torch.device, batch_size: int | None,
+    max_images: int | None = None,
+):  # fmt: skip
+    """A plain loader over the run's test split (its first ``max_images`` images, if given)."""
+    size = batch_size or data.eval_batch_size or 4 * data.batch_size
+    n = len(splits.test_y) if max_images is None else max_images
+    return DeviceLoader(
+        splits.test_x[:n], splits.test_y[:n], size, splits.info, device,
+        shuffle=False, augment=False, seed=seed,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- convert
+
+
+def default_tune_timesteps(timesteps: Sequence[int]) -> int:
+    """The smallest requested T >= 4, else the largest requested T."""
+    at_least_4 = [t for t in timesteps if t >= 4]
+    return min(at_least_4) if at_least_4 else max(timesteps)
+
+
+def _check_request(method: str, timesteps: Sequence[int]) -> list[int]:
+    if method not in METHODS:
+        raise ConfigError(f"unknown conversion method {method!r}; expected one of {METHODS}.")
+    wanted = sorted({int(t) for t in timesteps})
+    if not wanted or wanted[0] < 1:
+        raise ConfigError(f"timesteps are {list(timesteps)}; expected integers >= 1.")
+    return wanted
+
+
+def _out_dir(out: str | Path | None, ann_run: Path, method: str) -> Path:
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(DEFAULT_RUNS_DIR) / f"{ann_run.name}-{method}-{stamp}"
+    out = Path(out)
+    if (out / ckpt.CONFIG_FILE).exists():
+        raise ConfigError(f"run folder {str(out)!r} already holds a run; choose another --out.")
+    return out
+
+
+def _report_markdown(summary: dict[str, Any], snn: nn.Module) -> str:
+    rep = snn.conversion_report  # type: ignore[attr-defined]
+    lines = [f"# Conversion of {summary['ann_run']}", "", OURS_NOTE + ".", ""]
+    lines += [format_accuracy_table(summary), "", "## Thresholds", "", rep.to_markdown()]
+    if rep.tuning is not None:
+        lines += ["", f"## Threshold tuning at T = {rep.tuning.timesteps}", ""]
+        lines += [rep.tuning.to_markdown()]
+    return "\n".join(lines) + "\n"
+
+
+def convert_run(
+    ann_run: str | Path,
+    method: str,
+    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+    calibration_size: int = DEFAULT_CALIBRATION,
+    percentile: float = 99.99,
+    channelwise: bool = False,
+    tune_phi: bool = False,
+    tune_timesteps: int | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    data_dir: str | None = None,
+    max_test_images: int | None = None,
+    tune_guard: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Convert an ANN run folder's model with ``method``; write and return the summary.
+
+    Simulates once at ``max(timesteps)``; ``summary["accuracy_by_timestep"]`` holds every
+    ``t <= max(timesteps)`` (fractions). ``ttrbr`` tunes at ``tune_timesteps`` (see the
+    module docstring). ``max_test_images``: evaluate on the first N test images only
+    (for CPU budgets; the ANN is evaluated on the same images). Bad method / timesteps / folder -> ConfigError or ModelError.
+    """
+    wanted = _check_request(method, timesteps)
+    tune_t = int(tune_timesteps or default_tune_timesteps(wanted))
+    ann_run = Path(ann_run)
+    dev = resolve_device(device)
+    ann, config = ckpt.load_run(ann_run, dev)
+    out_dir = _out_dir(out, ann_run, method)
+    splits, data, seed = run_data(config, data_dir)
+    calib = calibration_images(splits, calibration_size, seed, dev) if method != "qcfs" else None
+    start = time.perf_counter()
+    snn = convert(
+        ann, method, calib, tune_t, percentile, 0.5, channelwise, tune_phi, tune_guard=tune_guard
+    )
+    convert_s = time.perf_counter() - start
+    loader = eval_loader(splits, data, seed, dev, batch_size, max_test_images)
+    ann_acc = evaluate(ann, loader)["accuracy"]
+    result = evaluate(snn, loader, timesteps=max(wanted))
+    options = {
+        "ann_run": str(ann_run), "method": method, "timesteps": wanted,
+        "tune_timesteps": tune_t if method == "ttrbr" else None,
+        "calibration_size": calibration_size if calib is not None else 0,
+        "percentile": percentile, "channelwise": channelwise, "tune_phi": tune_phi,
+        "tune_guard": tune_guard if method == "ttrbr" else None,
+    }  # fmt: skip
+    summary = {
+        **options, "ann_accuracy": ann_acc, "accuracy_by_timestep": result["accuracy_by_timestep"],
+        "loss_by_timestep": result["loss_by_timestep"], "test_samples": result["samples"],
+        "convert_time_s": convert_s, "model": config.get("model", {}).get("name"),
+        "block": config.get("model", {}).get("block"),
+        "activation": config.get("model", {}).get("activation"), "run_dir": str(out_dir),
+        "note": OURS_NOTE,
+    }  # fmt: skip
+    _write_converted(out_dir, config, snn, options, summary, max(wanted))
+    log(format_accuracy_table(summary))
+    return summary
+
+
+def _write_converted(
+    out_dir: Path, config: dict, snn: nn.Module, options: dict, summary: dict, max_t: int
+) -> None:
+    """config.json (ANN data/train + converted model + conversion options), weights, reports."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_cfg = dataclasses.replace(snn.config, timesteps=max_t)  # type: ignore[arg-type]
+    stored = {k: v for k, v in config.items() if k in ("data", "train")}
+    stored |= {"model": model_cfg.to_dict(), "conversion": options}
+    ckpt.write_json(out_dir / ckpt.CONFIG_FILE, stored)
+    ckpt.save_weights(snn, out_dir / ckpt.BEST_WEIGHTS, {"converted": "1"})
+    ckpt.write_text(out_dir / REPORT_FILE, _report_markdown(summary, snn))
+    ckpt.write_json(out_dir / ckpt.SUMMARY_FILE, summary)
+
+
+def format_accuracy_table(summary: dict[str, Any]) -> str:
+    """``method  ANN  t=1 ... t=T`` as a compact fixed-width table (percent)."""
+    by_t = summary["accuracy_by_timestep"]
+    shown = [t for t in by_t if int(t) in summary.get("timesteps", []) or int(t) == len(by_t)]
+    head = f"{'method':<8} {'ANN':>7} " + " ".join(f"{'T=' + t:>7}" for t in shown)
+    row = f"{summary['method']:<8} {100 * summary['ann_accuracy']:>6.2f}% " + " ".join(
+        f"{100 * by_t[t]:>6.2f}%" for t in shown
+    )
+    return f"{head}\n{row}"
+
+
+# ----------------------------------------------------------------------------- analyze
+
+
+def analyze_run(
+    run_dir: str | Path,
+    timesteps: int | None = None,
+    images: int = 256,
+    method: str | None = None,
+    calibration_size: int = DEFAULT_CALIBRATION,
+    out: str | Path | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Per-layer error decomposition (METHODS 2.3, our design) -> errors.md/.csv/.png.
+
+    ``run_dir`` is a converted run folder, or an ANN run folder with ``method`` (then it is
+    converted in memory, at ``timesteps``). ``images`` training images (seeded draw, not
+    the calibration draw's order) are simulated for ``timesteps`` steps (default: the
+    tuning T of a ttrbr run, else 4).
+    """
+    dev = resolve_device(device)
+    model, config = ckpt.load_run(run_dir, dev)
+    conv = config.get("conversion")
+    if conv is None and method is None:
+        raise ConfigError(f"{run_dir} is an ANN run; pass --method to convert it for analysis.")
+    ann_dir = Path(conv["ann_run"]) if conv else Path(run_dir)
+    ann, ann_config = (ckpt.load_run(ann_dir, dev)) if conv else (model, config)
+    T = int(timesteps or (conv or {}).get("tune_timesteps") or 4)
+    splits, _, seed = run_data(ann_config)
+    if conv is None:
+        _check_request(str(method), [T])
+        calib = (
+            None if method == "qcfs" else calibration_images(splits, calibration_size, seed, dev)
+        )
+        model = convert(ann, str(method), calib, T)
+    table = decompose_errors(ann, model, calibration_images(splits, images, seed + 1, dev), T)
+    out_dir = Path(out) if out else Path(run_dir)
+    if conv is None and out is None:
+        out_dir = Path(run_dir) / f"analysis-{method}-t{T}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = f"# Per-layer conversion error, T = {T}, {images} images\n\n{OURS_NOTE}.\n\n"
+    ckpt.write_text(out_dir / "errors.md", text + table.to_markdown() + "\n")
+    table.to_csv(out_dir / "errors.csv")
+    plot_errors(table, out_dir / "errors.png")
+    log(table.to_markdown())
+    log(f"wrote {out_dir / 'errors.md'}, errors.csv, errors.png")
+    return {
+        "out_dir": str(out_dir),
+        "timesteps": T,
+        "rows": [dataclasses.asdict(r) for r in table.rows],
+    }
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _timestep_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--timesteps is {text!r}; expected a list like 1,2,4,8.") from None
+    if not values:
+        raise ConfigError("--timesteps is empty; expected a list like 1,2,4,8.")
+    return values
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``spikebridge convert``."""
+    parser.add_argument("--ann", required=True, metavar="RUN", help="trained ANN run folder")
+    parser.add_argument("--method", required=True, help="maxnorm (Diehl 2015), robust "
+                        "(Rueckauer 2017), qcfs (Bu 2022, needs a clip/qcfs ANN) or ttrbr "
+                        "(OUR design on the TTRBR abstract: threshold tuning, METHODS 2.4)")  # fmt: skip
+    parser.add_argument("--timesteps", default="1,2,4,8,16,32",
+                        help="report these T (one simulation at the largest; every t <= max "
+                        "is in summary.json) (default: 1,2,4,8,16,32)")  # fmt: skip
+    parser.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION,
+                        help="training images for statistics / tuning (default: 1024)")  # fmt: skip
+    parser.add_argument("--percentile", type=float, default=99.99,
+                        help="robust-norm percentile (robust; ReLU sites under ttrbr)")  # fmt: skip
+    parser.add_argument("--channelwise", action="store_true", help="per-channel thresholds")
+    parser.add_argument("--tune-phi", action="store_true",
+                        help="ttrbr (ours): also tune the initial potential φ")  # fmt: skip
+    parser.add_argument("--tune-timesteps", type=int,
+                        help="ttrbr (ours): T the thresholds are tuned at (default: the "
+                        "smallest requested T >= 4, else the largest)")  # fmt: skip
+    parser.add_argument("--no-tune-guard", dest="tune_guard", action="store_false",
+                        help="ttrbr (ours): keep every tuned threshold even where a residual "
+                        "block's output error grows (default: such a block is put back)")  # fmt: skip
+    parser.add_argument("--out", help="converted run folder (default: runs/<ann>-<method>-<time>)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
+    parser.add_argument("--test-images", type=int,
+                        help="evaluate on the first N test images only (default: all)")  # fmt: skip
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """``spikebridge convert``: convert, evaluate at every t, write the run folder."""
+    summary = convert_run(
+        args.ann, args.method, _timestep_list(args.timesteps), args.calibration_size,
+        args.percentile, args.channelwise, args.tune_phi, args.tune_timesteps, args.out,
+        args.device, args.batch_size, max_test_images=args.test_images,
+        tune_guard=args.tune_guard,
+    )  # fmt: skip
+    print(f"run folder: {summary['run_dir']}")
+    return 0
+
+
+def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``spikebridge analyze``."""
+    parser.add_argument("run_dir", metavar="RUN", help="converted run folder, or an ANN run "
+                        "with --method")  # fmt: skip
+    parser.add_argument("--timesteps", type=int, help="T to simulate (default: the tuning T, "
+                        "else 4)")  # fmt: skip
+    parser.add_argument("--images", type=int, default=256, help="training images (default 256)")
+    parser.add_argument("--method", help="convert an ANN run with this method first")
+    parser.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION,
+                        help="with --method: calibration images (default: 1024)")  # fmt: skip
+    parser.add_argument("--out", help="output folder (default: the run folder)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """``spikebridge analyze``: per-layer error decomposition (METHODS 2.3, our design)."""
+    analyze_run(
+        args.run_dir, args.timesteps, args.images, args.method, args.calibration_size,
+        args.out, args.device,
+    )  # fmt: skip
+    return 0

@@ -1,0 +1,367 @@
+"""IDSNN recipes (METHODS 1): ``distill_run`` and ``idsnn_run``, their config and CLI glue.
+
+``distill_run(config)``: load a trained teacher run, build the (spiking) student, initialize
+it from the teacher (METHODS 1.2, unless ``init=none``), train it with the KD loss
+(METHODS 1.3; plain cross-entropy when ``kd_weight == 0``) through the engine's ``fit``
+loop, and write a run folder like ``train`` does plus ``init_report.md`` / ``.json``.
+
+``idsnn_run(config)``: the whole pipeline in one folder: ``teacher/`` (an ANN trained with
+the same data, optimizer and seed settings, or reused with ``--teacher RUN``) and
+``student/`` (``distill_run``).
+
+Both reuse the engine's steps (``setup_data``, ``setup_model``, ``fit``, run folders) as
+they are, so a distilled run is read by ``spikebridge eval`` like any other run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from spikebridge.config import (
+    DEFAULT_RUNS_DIR,
+    TRAIN_SECTIONS,
+    Config,
+    add_config_arguments,
+    config_from_args,
+    load_config,
+    option,
+    register_section,
+)
+from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine.runs import (
+    check_resumable,
+    make_summary,
+    prepare_run_dir,
+    setup_data,
+    setup_model,
+    setup_runtime,
+    stored_config,
+    train_run,
+)
+from spikebridge.engine.tasks import ClassificationTask
+from spikebridge.engine.train import FitResult, fit, print_flush
+from spikebridge.errors import ConfigError, ModelError
+from spikebridge.methods import KD_FORMS, DistillationTask, InitReport, init_from_teacher
+
+INIT_CHOICES = ("first", "spread", "none")
+INIT_REPORT_MD = "init_report.md"
+INIT_REPORT_JSON = "init_report.json"
+IDSNN_SUMMARY = "idsnn.json"
+# A distilled student is an IDSNN spiking network unless the user says otherwise.
+STUDENT_DEFAULTS: dict[str, Any] = {"model": {"neuron": "lif"}}
+Log = Callable[[str], None]
+
+
+@register_section("distill", flat_names={"shortcuts": "init_shortcuts"})
+@dataclass
+class DistillConfig:
+    """Teacher, initialization and KD loss of a distilled student (METHODS 1.2, 1.3)."""
+
+    teacher: str | None = option(
+        None, "teacher run folder, a trained ANN (METHODS 1.2); needed unless --init none "
+        "and --kd-weight 0",
+    )  # fmt: skip
+    init: str = option(
+        "first", "student init from the teacher (METHODS 1.2): first = authors' block "
+        "mapping, spread = blocks spread over the teacher's, none = random init",
+        INIT_CHOICES,
+    )  # fmt: skip
+    shortcuts: bool = option(
+        True, "init also copies projection shortcuts; --no-init-shortcuts leaves them random "
+        "like the authors' code (METHODS 1.2)",
+    )  # fmt: skip
+    kd_weight: float = option(
+        0.3, "weight w of the KD term (METHODS 1.3: 0.3 full IDSNN, 0.5 KD-only); 0 = no KD"
+    )
+    kd_temperature: float = option(4.0, "KD temperature tau (METHODS 1.3)")
+    kd_form: str = option(
+        "additive", "KD loss form (METHODS 1.3): additive CE + w tau^2 KL (authors' code) or "
+        "convex (1 - w) CE + w tau^2 KL (paper's text)", KD_FORMS,
+    )  # fmt: skip
+    arm: str | None = option(
+        None, "name of this run in an ablation; none = from init and kd_weight (baseline, "
+        "init-only, kd-only, init+kd)",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.kd_weight < 0 or not self.kd_temperature > 0:
+            raise ConfigError(
+                f"kd_weight is {self.kd_weight} and kd_temperature {self.kd_temperature}; "
+                "expected kd_weight >= 0 and kd_temperature > 0."
+            )
+
+
+@register_section("idsnn")
+@dataclass
+class IdsnnConfig:
+    """The teacher ANN that ``spikebridge idsnn`` trains first (METHODS 1, step 1)."""
+
+    teacher_model: str = option("resnet34", "teacher ANN architecture (paper: ResNet-34)")
+    teacher_width: float = option(1.0, "teacher channel multiplier")
+    teacher_epochs: int | None = option(None, "teacher training epochs; none = --epochs")
+
+
+DISTILL_SECTIONS = (*TRAIN_SECTIONS, "distill")
+IDSNN_SECTIONS = (*DISTILL_SECTIONS, "idsnn")
+
+
+def arm_name(init: str, kd_weight: float) -> str:
+    """The ablation arm (METHODS 1.5) a run belongs to: baseline, init-only, kd-only, init+kd."""
+    has_init, has_kd = init != "none", kd_weight > 0
+    return {(False, False): "baseline", (True, False): "init-only",
+            (False, True): "kd-only", (True, True): "init+kd"}[(has_init, has_kd)]  # fmt: skip
+
+
+def resolve_config(config: Config | Mapping[str, Any], sections: tuple[str, ...]) -> Config:
+    """A :class:`Config` from a Config or a mapping of keys (the student is LIF by default)."""
+    if isinstance(config, Config):
+        return config
+    return load_config(sections, base=STUDENT_DEFAULTS, overrides=config)
+
+
+# ----------------------------------------------------------------------------- distill steps
+
+
+def check_teacher_needed(cfg: DistillConfig) -> None:
+    """ConfigError when init or KD is asked for without a teacher run folder."""
+    if not cfg.teacher and (cfg.init != "none" or cfg.kd_weight > 0):
+        raise ConfigError(
+            "distillation needs --teacher RUN (a trained ANN run folder) unless --init none "
+            "and --kd-weight 0."
+        )
+
+
+def load_teacher(cfg: DistillConfig, device: Any) -> tuple[nn.Module | None, float | None]:
+    """The teacher run's model (eval mode, on ``device``) and its test accuracy (or None)."""
+    if not cfg.teacher:
+        return None, None
+    teacher, _ = ckpt.load_run(cfg.teacher, device)
+    path = Path(cfg.teacher) / ckpt.SUMMARY_FILE
+    accuracy = ckpt.read_json(path).get("test_accuracy") if path.is_file() else None
+    return teacher, accuracy
+
+
+def check_teacher_fits(teacher: nn.Module | None, num_classes: int, cfg: DistillConfig) -> None:
+    """ModelError when KD would compare logits of different class counts."""
+    if teacher is None or cfg.kd_weight == 0:
+        return
+    t_classes = teacher.config.num_classes
+    if t_classes != num_classes:
+        raise ModelError(
+            f"the teacher {cfg.teacher!r} has {t_classes} classes but the dataset has "
+            f"{num_classes}; KD needs the same classes (use --kd-weight 0 for init only)."
+        )
+
+
+def apply_init(
+    student: nn.Module, teacher: nn.Module | None, cfg: DistillConfig, run_dir: Path, log: Log
+) -> InitReport | None:
+    """Initialize ``student`` from ``teacher`` (METHODS 1.2); save and announce the report."""
+    if cfg.init == "none" or teacher is None:
+        return None
+    report = init_from_teacher(student, teacher, cfg.init, cfg.shortcuts)
+    ckpt.write_text(run_dir / INIT_REPORT_MD, report.to_markdown() + "\n")
+    ckpt.write_json(run_dir / INIT_REPORT_JSON, report.to_dict())
+    log(report.summary())
+    return report
+
+
+def make_task(cfg: DistillConfig, teacher: nn.Module | None) -> Any:
+    """:class:`DistillationTask` (METHODS 1.3), or plain CE when ``kd_weight == 0``."""
+    if cfg.kd_weight == 0 or teacher is None:
+        return ClassificationTask()
+    return DistillationTask(teacher, cfg.kd_weight, cfg.kd_temperature, cfg.kd_form)
+
+
+def distill_summary(
+    config: Config, model: nn.Module, result: FitResult, run_dir: Path,
+    teacher_accuracy: float | None,
+) -> dict[str, Any]:  # fmt: skip
+    """``train``'s summary plus the arm, the distillation settings and the teacher's accuracy."""
+    d = config.distill
+    summary = make_summary(config, model, result, run_dir)
+    summary.update(
+        arm=d.arm or arm_name(d.init, d.kd_weight), init=d.init, init_shortcuts=d.shortcuts,
+        kd_weight=d.kd_weight, kd_temperature=d.kd_temperature, kd_form=d.kd_form,
+        teacher=d.teacher, teacher_accuracy=teacher_accuracy,
+    )  # fmt: skip
+    if "accuracy_by_timestep" not in summary and result.test:
+        summary["accuracy_by_timestep"] = result.test["accuracy_by_timestep"]
+    return summary
+
+
+def distill_run(config: Config | Mapping[str, Any], log: Log = print_flush) -> dict[str, Any]:
+    """Init a student from a teacher run and train it with KD (METHODS 1.2-1.4); the summary.
+
+    ``config`` has the sections data, model, optim, train, distill (or is a mapping of keys,
+    e.g. ``{"teacher": "runs/t", "dataset": "synthetic", "kd_weight": 0.3}``). The run folder
+    holds config.json (with the distill section), metrics.jsonl, model.safetensors,
+    summary.json (adds arm, teacher_accuracy, accuracy_by_timestep) and init_report.md/.json.
+    """
+    config = resolve_config(config, DISTILL_SECTIONS)
+    check_teacher_needed(config.distill)
+    device = setup_runtime(config.train)
+    run_dir = prepare_run_dir(config)
+    config = config.replace("train", out=str(run_dir))
+    if config.train.resume and (run_dir / ckpt.SUMMARY_FILE).is_file():
+        log(f"run {run_dir} is already finished; nothing to resume.")
+        return ckpt.read_json(run_dir / ckpt.SUMMARY_FILE)
+    teacher, teacher_accuracy = load_teacher(config.distill, device)
+    loaders, info = setup_data(config.data, config.train.seed, device)
+    config = config.replace("model", num_classes=info.num_classes, in_channels=info.in_channels)
+    if config.train.resume:
+        check_resumable(run_dir, config)
+    check_teacher_fits(teacher, info.num_classes, config.distill)
+    model = setup_model(config.model, config.train.seed, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    apply_init(model, teacher, config.distill, run_dir, log)
+    if stored_config(run_dir) is None:
+        ckpt.write_json(run_dir / ckpt.CONFIG_FILE, config.to_dict())
+    task = make_task(config.distill, teacher)
+    result = fit(model, task, loaders, config.optim, config.train, run_dir, log)
+    summary = distill_summary(config, model, result, run_dir, teacher_accuracy)
+    ckpt.write_json(run_dir / ckpt.SUMMARY_FILE, summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------- idsnn pipeline
+
+
+def pipeline_dir(config: Config) -> Path:
+    """``--out`` or ``runs/<dataset>-idsnn-<teacher>-to-<student>-<time>``."""
+    if config.train.out:
+        return Path(config.train.out)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{config.data.dataset}-idsnn-{config.idsnn.teacher_model}-to-{config.model.name}"
+    return Path(DEFAULT_RUNS_DIR) / f"{name}-{stamp}"
+
+
+def teacher_config(config: Config, out: Path) -> Config:
+    """The teacher ANN's train config: the student's data/optim/train, the idsnn model."""
+    t, m = config.idsnn, config.model
+    values = {s: config.to_dict()[s] for s in ("data", "optim", "train")}
+    stem = {k: getattr(m, k) for k in ("stem", "stem_padding", "stem_pool") if hasattr(m, k)}
+    values["model"] = {"name": t.teacher_model, "width": t.teacher_width, **stem}
+    values["train"].update(out=str(out), epochs=t.teacher_epochs or config.train.epochs)
+    return load_config(TRAIN_SECTIONS, overrides=values)
+
+
+def ensure_teacher(config: Config, out: Path, log: Log) -> str:
+    """The teacher run folder: ``--teacher``, a finished ``out`` (reused), or trained now."""
+    if config.distill.teacher:
+        return config.distill.teacher
+    if (out / ckpt.SUMMARY_FILE).is_file():
+        log(f"reusing the finished teacher run {out}")
+        return str(out)
+    cfg = teacher_config(config, out)
+    resume = (out / ckpt.CONFIG_FILE).is_file()
+    log(f"training the teacher ANN {cfg.model.name} (width {cfg.model.width}) in {out}")
+    train_run(cfg.replace("train", resume=resume), log)
+    return str(out)
+
+
+def idsnn_run(config: Config | Mapping[str, Any], log: Log = print_flush) -> dict[str, Any]:
+    """Teacher ANN -> init -> distill, in one folder (``teacher/``, ``student/``, idsnn.json).
+
+    Returns ``{"out_dir", "teacher": teacher summary, "student": student summary}``. A
+    finished ``teacher/`` is reused, so an interrupted pipeline can be started again.
+    """
+    config = resolve_config(config, IDSNN_SECTIONS)
+    out = pipeline_dir(config)
+    teacher_dir = ensure_teacher(config, out / "teacher", log)
+    student_dir = out / "student"
+    resume = config.train.resume or (student_dir / ckpt.CONFIG_FILE).is_file()
+    student = config.replace("distill", teacher=teacher_dir)
+    student = student.replace("train", out=str(student_dir), resume=resume)
+    sections = {s: getattr(student, s) for s in DISTILL_SECTIONS}
+    summary = distill_run(Config(**sections), log)
+    teacher_path = Path(teacher_dir) / ckpt.SUMMARY_FILE
+    teacher = ckpt.read_json(teacher_path) if teacher_path.is_file() else {}
+    result = {"out_dir": str(out), "teacher": teacher, "student": summary}
+    ckpt.write_json(out / IDSNN_SUMMARY, result)
+    return result
+
+
+# ----------------------------------------------------------------------------- CLI glue
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+def format_distill(summary: Mapping[str, Any]) -> str:
+    """``train``'s headline lines, then the arm and the teacher's accuracy."""
+    from spikebridge.cli import format_summary  # the CLI imports this module
+
+    extra = (
+        f"arm: {summary['arm']} (init {summary['init']}, KD weight {summary['kd_weight']}); "
+        f"teacher test accuracy: {_percent(summary.get('teacher_accuracy'))}"
+    )
+    return format_summary(dict(summary)) + "\n" + extra
+
+
+def format_comparison(result: Mapping[str, Any]) -> str:
+    """A short teacher vs student table of ``idsnn_run``'s result."""
+    rows = [f"IDSNN pipeline in {result['out_dir']}", "| run | model | T | test (val-selected) "
+            "| final test | best test over epochs (paper comparison) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for role in ("teacher", "student"):
+        s = result[role]
+        if s:
+            rows.append(
+                f"| {role} | {s.get('model')} | {s.get('timesteps')} | "
+                f"{_percent(s.get('test_accuracy'))} | {_percent(s.get('final_test_accuracy'))} "
+                f"| {_percent(s.get('best_test_accuracy'))} |"
+            )
+    return "\n".join(rows)
+
+
+def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, DISTILL_SECTIONS)
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    """``spikebridge distill --teacher RUN ...``: a resumed run starts from its stored config."""
+    config = config_from_args(args, DISTILL_SECTIONS, base=STUDENT_DEFAULTS)
+    if config.train.resume:
+        stored = stored_config(config.train.out) or STUDENT_DEFAULTS
+        config = config_from_args(args, DISTILL_SECTIONS, base=stored)
+    print(format_distill(distill_run(config)))
+    return 0
+
+
+def add_idsnn_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, IDSNN_SECTIONS)
+
+
+def run_idsnn(args: argparse.Namespace) -> int:
+    """``spikebridge idsnn ...``: train the teacher, init and distill the student."""
+    config = config_from_args(args, IDSNN_SECTIONS, base=STUDENT_DEFAULTS)
+    print(format_comparison(idsnn_run(config)))
+    return 0
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="experiment YAML (e.g. experiments/*.yaml)")
+    parser.add_argument("--profile", default="cpu",
+                        help="profile of the file to run: cpu (2 cores) or full (GPU)")  # fmt: skip
+    parser.add_argument("--out", help="output folder (default: runs/experiments/<file>-<profile>)")
+
+
+def run_experiment_command(args: argparse.Namespace) -> int:
+    """``spikebridge experiment FILE``: run every arm; results.md + plots in ``--out``."""
+    from spikebridge.experiments import run_experiment
+
+    out = (
+        args.out
+        or Path(DEFAULT_RUNS_DIR) / "experiments" / f"{Path(args.file).stem}-{args.profile}"
+    )
+    result = run_experiment(args.file, args.profile, out, log=print_flush)
+    print(f"results: {result.get('results_md', out)}")
+    return 0

@@ -1,0 +1,127 @@
+"""``convert_run`` / ``analyze_run`` and the ``convert`` / ``analyze`` subcommands, end to end
+on a tiny synthetic ANN run (resnet20 at width 0.25, 16x16 images)."""
+
+import json
+
+import pytest
+import torch
+
+from spikebridge.cli import main
+from spikebridge.config import TRAIN_SECTIONS, load_config
+from spikebridge.engine import load_run, train_run
+from spikebridge.engine.evaluate import evaluate
+from spikebridge.methods.convert import convert
+from spikebridge.recipes.conversion import (
+    calibration_images,
+    convert_run,
+    default_tune_timesteps,
+    eval_loader,
+    format_accuracy_table,
+    run_data,
+)
+
+TINY = {
+    "dataset": "synthetic", "subset": 64, "val_size": 16, "batch_size": 16, "model": "resnet20",
+    "width": 0.25, "epochs": 1, "lr": 0.1, "schedule": "cosine", "progress": False,
+    "device": "cpu",
+}  # fmt: skip
+
+
+def quiet(_line):
+    pass
+
+
+@pytest.fixture(scope="module")
+def ann_runs(tmp_path_factory):
+    """A relu and a qcfs ANN run folder (1 epoch each)."""
+    root = tmp_path_factory.mktemp("anns")
+    runs = {}
+    for act in ("relu", "qcfs"):
+        cfg = load_config(TRAIN_SECTIONS, overrides={**TINY, "activation": act,
+                                                     "block": "pre-add", "out": str(root / act)})  # fmt: skip
+        train_run(cfg, log=quiet)
+        runs[act] = root / act
+    return runs
+
+
+def test_convert_cli_writes_a_summary_with_every_t_up_to_the_largest(ann_runs, tmp_path, capsys):
+    out = tmp_path / "conv"
+    argv = ["convert", "--ann", str(ann_runs["relu"]), "--method", "robust", "--timesteps",
+            "1,2,5", "--calibration-size", "24", "--out", str(out), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "robust" and summary["timesteps"] == [1, 2, 5]
+    assert list(summary["accuracy_by_timestep"]) == ["1", "2", "3", "4", "5"]
+    assert 0.0 <= summary["ann_accuracy"] <= 1.0
+    assert (out / "conversion.md").read_text().startswith("# Conversion of")
+    printed = capsys.readouterr().out
+    assert "T=5" in printed and "T=3" not in printed  # the table shows the requested T only
+
+
+def test_converted_run_reloads_and_gives_the_same_outputs(ann_runs, tmp_path):
+    out = tmp_path / "conv"
+    summary = convert_run(ann_runs["relu"], "ttrbr", [1, 4], calibration_size=16, out=out,
+                          device="cpu", log=quiet)  # fmt: skip
+    assert summary["tune_timesteps"] == 4
+    snn, config = load_run(out)
+    assert snn.spiking and snn.timesteps == 4 and config["conversion"]["method"] == "ttrbr"
+    ann, ann_config = load_run(ann_runs["relu"])
+    splits, data, seed = run_data(ann_config)
+    fresh = convert(ann, "ttrbr", calibration_images(splits, 16, seed, torch.device("cpu")), 4)
+    x = calibration_images(splits, 6, seed + 3, torch.device("cpu"))[0]
+    torch.testing.assert_close(
+        snn.forward_steps(x), fresh.set_timesteps(4) or fresh.forward_steps(x)
+    )
+    again = evaluate(snn, eval_loader(splits, data, seed, torch.device("cpu"), None))
+    assert again["accuracy_by_timestep"] == summary["accuracy_by_timestep"]
+
+
+def test_analyze_writes_the_error_tables_and_plot(ann_runs, tmp_path, capsys):
+    out = tmp_path / "conv"
+    convert_run(ann_runs["qcfs"], "qcfs", [1, 2], out=out, device="cpu", log=quiet)
+    assert main(["analyze", str(out), "--images", "8", "--timesteps", "3", "--device", "cpu"]) == 0
+    for name in ("errors.md", "errors.csv", "errors.png"):
+        assert (out / name).stat().st_size > 0
+    lines = (out / "errors.csv").read_text().splitlines()
+    assert lines[0].startswith("site,theta,quantization,deviation,propagated")
+    assert len(lines) - 1 == 21  # resnet20 pre-add: 19 sites + 2 projection-shortcut neurons
+    assert "| act1 |" in capsys.readouterr().out
+
+
+def test_analyze_an_ann_run_with_a_method_converts_it_in_memory(ann_runs):
+    argv = ["analyze", str(ann_runs["relu"]), "--method", "maxnorm", "--images", "4",
+            "--calibration-size", "8", "--timesteps", "2", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    assert (ann_runs["relu"] / "analysis-maxnorm-t2" / "errors.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv_tail",
+    [
+        ["convert", "--method", "bogus"],
+        ["convert", "--method", "qcfs"],  # a relu ANN has no λ to convert with
+        ["convert", "--method", "robust", "--timesteps", "0,2"],
+        ["analyze"],  # an ANN run without --method
+    ],
+)
+def test_bad_input_exits_with_code_2(ann_runs, tmp_path, argv_tail, capsys):
+    cmd, *rest = argv_tail
+    run = str(ann_runs["relu"])
+    argv = [cmd, "--ann", run, *rest] if cmd == "convert" else [cmd, run]
+    assert main([*argv, "--out", str(tmp_path / "x"), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_default_tune_timesteps_is_the_smallest_t_at_least_4():
+    assert default_tune_timesteps([1, 2, 4, 8, 32]) == 4
+    assert default_tune_timesteps([16, 8]) == 8
+    assert default_tune_timesteps([1, 2]) == 2
+
+
+def test_accuracy_table_reference_text():
+    summary = {"method": "qcfs", "ann_accuracy": 0.9, "timesteps": [1, 3],
+               "accuracy_by_timestep": {"1": 0.5, "2": 0.6, "3": 0.875}}  # fmt: skip
+    assert format_accuracy_table(summary).splitlines() == [
+        "method       ANN     T=1     T=3",
+        "qcfs      90.00%  50.00%  87.50%",
+    ]
