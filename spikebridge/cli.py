@@ -12,6 +12,7 @@ and exit with code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -206,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, argparse usage errors
         return exc.code if isinstance(exc.code, int) else 2
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 prints results
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     try:
         return args._run_command(args)
     except SpikebridgeError as exc:

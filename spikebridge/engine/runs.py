@@ -162,7 +162,10 @@ def _flatten(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_resumable(run_dir: Path, config: Config) -> None:
     """ConfigError naming the first setting that differs from the stored run's."""
-    stored = _flatten(stored_config(run_dir) or config.to_dict())
+    saved = stored_config(run_dir)
+    # Fill keys added to the config since the run was stored with their defaults.
+    base = load_config(config.sections, base=saved) if saved else config
+    stored = _flatten(base.to_dict())
     current = _flatten(config.to_dict())
     for key in sorted(set(stored) | set(current)):
         if key not in RUNTIME_KEYS and stored.get(key) != current.get(key):

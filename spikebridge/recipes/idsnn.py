@@ -35,6 +35,7 @@ from spikebridge.config import (
     register_section,
 )
 from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine import distributed as ddp
 from spikebridge.engine.runs import (
     check_resumable,
     make_summary,
@@ -166,7 +167,9 @@ def apply_init(
     """Initialize ``student`` from ``teacher`` (METHODS 1.2); save and announce the report."""
     if cfg.init == "none" or teacher is None:
         return None
-    report = init_from_teacher(student, teacher, cfg.init, cfg.shortcuts)
+    report = init_from_teacher(student, teacher, cfg.init, cfg.shortcuts)  # same on every rank
+    if not ddp.is_main_process():
+        return report
     ckpt.write_text(run_dir / INIT_REPORT_MD, report.to_markdown() + "\n")
     ckpt.write_json(run_dir / INIT_REPORT_JSON, report.to_dict())
     log(report.summary())
@@ -207,8 +210,16 @@ def distill_run(config: Config | Mapping[str, Any], log: Log = print_flush) -> d
     """
     config = resolve_config(config, DISTILL_SECTIONS)
     check_teacher_needed(config.distill)
-    device = setup_runtime(config.train)
-    run_dir = prepare_run_dir(config)
+    with ddp.session(setup_runtime(config.train)) as device:  # torchrun: one rank per device
+        summary = _distill_steps(config, device, ddp.main_only(log))
+        ddp.barrier()  # the other ranks wait for rank 0's files
+    return summary
+
+
+def _distill_steps(config: Config, device: Any, log: Log) -> dict[str, Any]:
+    """The steps of :func:`distill_run` on this rank (the teacher runs on every rank, frozen);
+    only rank 0 writes the run folder."""
+    run_dir = ddp.on_main(prepare_run_dir, config)  # one name (it has a timestamp) for all
     config = config.replace("train", out=str(run_dir))
     if config.train.resume and (run_dir / ckpt.SUMMARY_FILE).is_file():
         log(f"run {run_dir} is already finished; nothing to resume.")
@@ -220,14 +231,16 @@ def distill_run(config: Config | Mapping[str, Any], log: Log = print_flush) -> d
         check_resumable(run_dir, config)
     check_teacher_fits(teacher, info.num_classes, config.distill)
     model = setup_model(config.model, config.train.seed, device)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if ddp.is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
     apply_init(model, teacher, config.distill, run_dir, log)
-    if stored_config(run_dir) is None:
+    if ddp.is_main_process() and stored_config(run_dir) is None:
         ckpt.write_json(run_dir / ckpt.CONFIG_FILE, config.to_dict())
     task = make_task(config.distill, teacher)
     result = fit(model, task, loaders, config.optim, config.train, run_dir, log)
     summary = distill_summary(config, model, result, run_dir, teacher_accuracy)
-    ckpt.write_json(run_dir / ckpt.SUMMARY_FILE, summary)
+    if ddp.is_main_process():
+        ckpt.write_json(run_dir / ckpt.SUMMARY_FILE, summary)
     return summary
 
 
@@ -274,7 +287,15 @@ def idsnn_run(config: Config | Mapping[str, Any], log: Log = print_flush) -> dic
     finished ``teacher/`` is reused, so an interrupted pipeline can be started again.
     """
     config = resolve_config(config, IDSNN_SECTIONS)
-    out = pipeline_dir(config)
+    with ddp.session(setup_runtime(config.train)):  # under torchrun: one group for both runs
+        result = _idsnn_steps(config, ddp.main_only(log))
+        ddp.barrier()
+    return result
+
+
+def _idsnn_steps(config: Config, log: Log) -> dict[str, Any]:
+    """The steps of :func:`idsnn_run` on this rank; only rank 0 writes ``idsnn.json``."""
+    out = ddp.on_main(pipeline_dir, config)  # one name (it has a timestamp) for all ranks
     teacher_dir = ensure_teacher(config, out / "teacher", log)
     student_dir = out / "student"
     resume = config.train.resume or (student_dir / ckpt.CONFIG_FILE).is_file()
@@ -285,7 +306,8 @@ def idsnn_run(config: Config | Mapping[str, Any], log: Log = print_flush) -> dic
     teacher_path = Path(teacher_dir) / ckpt.SUMMARY_FILE
     teacher = ckpt.read_json(teacher_path) if teacher_path.is_file() else {}
     result = {"out_dir": str(out), "teacher": teacher, "student": summary}
-    ckpt.write_json(out / IDSNN_SUMMARY, result)
+    if ddp.is_main_process():
+        ckpt.write_json(out / IDSNN_SUMMARY, result)
     return result
 
 
