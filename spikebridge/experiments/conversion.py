@@ -187,7 +187,7 @@ def plot_accuracy(rows: list[dict], path: Path) -> Path:
     from matplotlib.figure import Figure
 
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig = Figure(figsize=(5.0 * len(models), 4.2))
+    fig = Figure(figsize=(5.0 * len(models) + 2.5, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(models), squeeze=False)[0]
     colors = {}
@@ -204,7 +204,10 @@ def plot_accuracy(rows: list[dict], path: Path) -> Path:
         ax.set_xlabel("time-steps t (log2)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    labels: dict[str, Any] = {}
+    for ax in axes:  # one legend for all panels: a method may be missing from some
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labels.setdefault(label, handle)
+    fig.legend(list(labels.values()), list(labels), fontsize=7, loc="outside right center")
     fig.savefig(path, dpi=120)
     return path
