@@ -39,7 +39,7 @@ from spikebridge.config import DEFAULT_RUNS_DIR, build_section
 from spikebridge.data import DeviceLoader, load_splits
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine.evaluate import evaluate
-from spikebridge.engine.runs import resolve_device
+from spikebridge.engine.runs import measure_run, resolve_device
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import METHODS, convert
 from spikebridge.methods.error_analysis import decompose_errors, plot_errors
@@ -183,6 +183,8 @@ def convert_run(
         "activation": config.get("model", {}).get("activation"), "run_dir": str(out_dir),
         "note": OURS_NOTE,
     }  # fmt: skip
+    snn.set_timesteps(tune_t)  # firing, SOPs and energy at the deployment T (METHODS 3)
+    summary.update(measure_run(snn, loader))
     _write_converted(out_dir, config, snn, options, summary, max(wanted))
     log(format_accuracy_table(summary))
     return summary

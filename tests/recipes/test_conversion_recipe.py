@@ -53,6 +53,8 @@ def test_convert_cli_writes_a_summary_with_every_t_up_to_the_largest(ann_runs, t
     assert summary["method"] == "robust" and summary["timesteps"] == [1, 2, 5]
     assert list(summary["accuracy_by_timestep"]) == ["1", "2", "3", "4", "5"]
     assert 0.0 <= summary["ann_accuracy"] <= 1.0
+    assert 0.0 <= summary["firing_rate"] <= 1.0 and summary["sops_per_image"] > 0
+    assert summary["measured_timesteps"] == 5  # robust: measured at the deployment T
     assert (out / "conversion.md").read_text().startswith("# Conversion of")
     printed = capsys.readouterr().out
     assert "T=5" in printed and "T=3" not in printed  # the table shows the requested T only
