@@ -24,8 +24,8 @@ from spikebridge.recipes.conversion import convert_run
 from spikebridge.recipes.idsnn import distill_run
 
 # The demo budget (chosen so the whole demo stays within ~20 minutes on 2 CPU cores).
-DEMO_DATA = {"dataset": "fashion-mnist", "subset": 12000, "val_size": 1000, "batch_size": 64}
-TEACHER = {"model": "resnet32", "width": 0.5, "epochs": 6}
+DEMO_DATA = {"dataset": "fashion-mnist", "subset": 10000, "val_size": 1000, "batch_size": 64}
+TEACHER = {"model": "resnet32", "width": 0.5, "epochs": 5}
 STUDENT = {"model": "resnet20", "width": 0.5, "neuron": "lif", "timesteps": 4, "epochs": 4}
 CONVERT_TIMESTEPS = list(range(1, 17))
 CONVERT_METHODS = ("robust", "ttrbr")

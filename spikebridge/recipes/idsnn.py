@@ -39,6 +39,7 @@ from spikebridge.engine import distributed as ddp
 from spikebridge.engine.runs import (
     check_resumable,
     make_summary,
+    measure_step,
     prepare_run_dir,
     setup_data,
     setup_model,
@@ -239,6 +240,7 @@ def _distill_steps(config: Config, device: Any, log: Log) -> dict[str, Any]:
     task = make_task(config.distill, teacher)
     result = fit(model, task, loaders, config.optim, config.train, run_dir, log)
     summary = distill_summary(config, model, result, run_dir, teacher_accuracy)
+    summary.update(measure_step(model, loaders, log))  # firing, SOPs, energy (METHODS 3)
     if ddp.is_main_process():
         ckpt.write_json(run_dir / ckpt.SUMMARY_FILE, summary)
     return summary

@@ -44,6 +44,7 @@ def test_distill_cli_writes_run_folder(teacher_run, tmp_path, capsys):
     teacher_summary = ckpt.read_json(teacher_run / "summary.json")
     assert summary["arm"] == "init+kd"
     assert summary["teacher_accuracy"] == teacher_summary["test_accuracy"]
+    assert 0.0 <= summary["firing_rate"] <= 1.0 and summary["sops_per_image"] > 0
     assert list(summary["accuracy_by_timestep"]) == ["1", "2"]
     assert summary["neuron"] == "lif" and summary["timesteps"] == 2
     config = ckpt.read_json(out / "config.json")
