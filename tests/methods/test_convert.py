@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from conversion_helpers import calibrate_bn
 from torch import nn
 
 from spikebridge.errors import ConfigError, ModelError
@@ -21,31 +22,11 @@ from spikebridge.models import build
 from spikebridge.nn import SpikingSite
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny tensors: one thread avoids OpenMP barrier stalls on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _calibrated(ann: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Set BN running statistics from ``x`` (cumulative average), then eval mode."""
-    for m in ann.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-    ann.train()
-    with torch.no_grad():
-        ann(x)
-    return ann.eval()
-
-
 def _tiny(seed: int = 0, **kw):  # type: ignore[no-untyped-def]
     torch.manual_seed(seed)
     ann = build("resnet20", width=0.25, **kw)
     x = torch.randn(16, 3, 16, 16)
-    return _calibrated(ann, x), x
+    return calibrate_bn(ann, x), x
 
 
 def test_bn_folding_preserves_ann_outputs() -> None:

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from conversion_helpers import calibrate_bn
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 from spikebridge.errors import DataError, ModelError
 from spikebridge.methods.convert import convert
@@ -21,26 +21,6 @@ from spikebridge.methods.error_analysis import (
 )
 from spikebridge.models import build
 from spikebridge.nn import IF
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny tensors: one thread avoids OpenMP barrier stalls on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _calibrated(ann: nn.Module, x: torch.Tensor) -> nn.Module:
-    """Set BN running statistics from ``x`` (cumulative average), then eval mode."""
-    for m in ann.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-    ann.train()
-    with torch.no_grad():
-        ann(x)
-    return ann.eval()
 
 
 def test_quantized_rate_hand_values() -> None:
@@ -100,7 +80,7 @@ def _converted_pair(activation: str = "qcfs", T: int = 4):  # type: ignore[no-un
     torch.manual_seed(0)
     ann = build("resnet20", width=0.25, activation=activation, qcfs_levels=T, threshold=2.0)
     x = torch.randn(8, 3, 16, 16)
-    _calibrated(ann, x)
+    calibrate_bn(ann, x)
     return ann, convert(ann, "qcfs" if activation != "relu" else "robust", x, T), x
 
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from conversion_helpers import calibrate_bn
 
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import convert
@@ -18,31 +18,12 @@ from spikebridge.models import build
 GRID = (0.5, 0.7, 0.85, 1.0, 1.15)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny tensors: one thread avoids OpenMP barrier stalls on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _calibrated(ann: nn.Module, x: torch.Tensor) -> nn.Module:
-    for m in ann.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-    ann.train()
-    with torch.no_grad():
-        ann(x)
-    return ann.eval()
-
-
 @pytest.fixture(scope="module")
 def pair():  # type: ignore[no-untyped-def]
     torch.manual_seed(1)
     ann = build("resnet20", width=0.25)
     x = torch.randn(12, 3, 16, 16)
-    _calibrated(ann, x)
+    calibrate_bn(ann, x)
     return ann, convert(ann, "robust", x, 4), x
 
 

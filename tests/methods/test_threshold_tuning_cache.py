@@ -15,14 +15,6 @@ from spikebridge.models import build
 from spikebridge.nn.temporal import unfold
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _trained_bn(ann: nn.Module, x: torch.Tensor) -> nn.Module:
     for m in ann.modules():
         if isinstance(m, nn.BatchNorm2d):

@@ -3,8 +3,6 @@ state-dict layout, tdBN, post-add vs pre-add blocks (METHODS 2.5), time handling
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -16,16 +14,6 @@ from spikebridge.nn import SpikingNeuron, SpikingSite
 B, K, HW = 2, 7, 16
 ALL_MODELS = list_models()  # resnet1202 included: ~3 s at width 0.25, 16x16, one thread
 ACTIVATION_KEYS = (".threshold", ".phi", ".lam")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine the
-    OpenMP spin-wait of an oversubscribed pool makes them 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tiny(name: str, **kw: object) -> ResNet:
