@@ -133,7 +133,10 @@ def register_section(
 class DataConfig:
     """Which dataset, how it is split (train / held-out validation / test) and batched."""
 
-    dataset: str = option("fashion-mnist", "dataset", DATASETS)
+    dataset: str = option(
+        "fashion-mnist", "dataset (imagefolder: ROOT/train/<class>/*, ROOT/val/<class>/*)",
+        (*DATASETS, "imagefolder"),
+    )  # fmt: skip
     data_dir: str | None = option(
         None, "folder of the dataset files (Fashion-MNIST default: the Debian package folder)"
     )
@@ -144,6 +147,10 @@ class DataConfig:
     batch_size: int = option(64, "training batch size")
     eval_batch_size: int | None = option(None, "evaluation batch size; none = 4 x batch size")
     augment: bool = option(True, "random crop (pad 4) and horizontal flip of training images")
+    image_size: int = option(224, "imagefolder: training crop / evaluation crop size")
+    workers: int | None = option(
+        None, "imagefolder: decoding worker processes; none = min(8, cpus)"
+    )
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "eval_batch_size"):

@@ -8,6 +8,7 @@ the measurement step (METHODS 3: firing rates, SOPs, MACs, energy estimate).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from spikebridge.config import (
     load_config,
 )
 from spikebridge.data import DatasetInfo, DeviceLoader, load_splits
+from spikebridge.data.imagefolder import ImageFolderLoader, load_imagefolder
 from spikebridge.data.spec import DATASET_INFO
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import distributed as ddp
@@ -93,8 +95,37 @@ def setup_runtime(cfg: TrainConfig) -> torch.device:
     return resolve_device(cfg.device)
 
 
+def setup_imagefolder(
+    cfg: DataConfig, seed: int, device: torch.device, rank: int = 0, world_size: int = 1
+) -> tuple[Loaders, DatasetInfo]:
+    """ImageNet-layout folders: lazily decoded in worker processes (ROOT/val is the test set)."""
+    if not cfg.data_dir:
+        raise ConfigError(
+            "--dataset imagefolder needs --data-dir ROOT (with ROOT/train, ROOT/val)."
+        )
+    splits = load_imagefolder(cfg.data_dir, cfg.image_size, cfg.val_size, seed, cfg.subset)
+    eval_batch = cfg.eval_batch_size or EVAL_BATCH_FACTOR * cfg.batch_size
+
+    def loader(ds: Any, batch: int, train: bool) -> ImageFolderLoader | None:
+        if not train and len(ds) == 0:
+            return None
+        return ImageFolderLoader(
+            ds, batch, splits.info, device, shuffle=train, augment=train and cfg.augment,
+            seed=seed, drop_last=train, rank=rank if train else 0,
+            world_size=world_size if train else 1, num_workers=cfg.workers,
+        )  # fmt: skip
+
+    train = loader(splits.train, cfg.batch_size, True)
+    loaders = Loaders(
+        train, loader(splits.val, eval_batch, False), loader(splits.test, eval_batch, False)
+    )
+    return loaders, splits.info
+
+
 def setup_data(cfg: DataConfig, seed: int, device: torch.device) -> tuple[Loaders, DatasetInfo]:
     """Load the splits and wrap them in device loaders (train: shuffled and augmented)."""
+    if cfg.dataset == "imagefolder":
+        return setup_imagefolder(cfg, seed, device, ddp.get_rank(), ddp.get_world_size())
     splits = load_splits(cfg.dataset, cfg.data_dir, cfg.subset, cfg.val_size, seed)
     info, eval_batch = splits.info, cfg.eval_batch_size or EVAL_BATCH_FACTOR * cfg.batch_size
     train = DeviceLoader(
@@ -302,6 +333,17 @@ def _split_loader(
         raise ConfigError(f"split is {split!r}; expected test or val.")
     data = build_section("data", config.get("data", {}))
     seed = int(config.get("train", {}).get("seed", 0))
+    if data.dataset == "imagefolder":
+        data = dataclasses.replace(
+            data,
+            data_dir=data_dir or data.data_dir,
+            eval_batch_size=batch_size or data.eval_batch_size,
+        )
+        loaders, _ = setup_imagefolder(data, seed, device)
+        loader = loaders.test if split == "test" else loaders.val
+        if loader is None:
+            raise ConfigError(f"the run has no {split} split (val_size was {data.val_size}).")
+        return loader  # type: ignore[return-value]
     splits = load_splits(data.dataset, data_dir or data.data_dir, data.subset, data.val_size, seed)
     x, y = (splits.test_x, splits.test_y) if split == "test" else (splits.val_x, splits.val_y)
     if len(y) == 0:
