@@ -69,7 +69,7 @@ def _row(name: str, s: dict[str, Any], t: int) -> dict[str, Any]:
         "firing_rate": s.get("firing_rate"),
         "sops_per_image": s.get("sops_per_image"),
         "macs_per_image": s.get("macs_per_image"),
-        "energy_uj": s.get("energy_estimate_uj", s.get("ann_energy_estimate_uj")),
+        "energy_uj": s.get("energy_estimate_uj") if by_t else s.get("ann_energy_estimate_uj"),
         "train_time_s": s.get("train_time_s"),
     }
 
