@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from torch import nn
+from conversion_helpers import calibrate_bn
 
 import spikebridge.methods.threshold_tuning as tt
 from spikebridge.methods.convert import convert
@@ -15,20 +15,10 @@ from spikebridge.models import build
 from spikebridge.nn.temporal import unfold
 
 
-def _trained_bn(ann: nn.Module, x: torch.Tensor) -> nn.Module:
-    for m in ann.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-    ann.train()
-    with torch.no_grad():
-        ann(x)
-    return ann.eval()
-
-
 @pytest.mark.parametrize("block,activation", [("post-add", "relu"), ("pre-add", "qcfs")])
 def test_cached_and_uncached_tuning_agree(monkeypatch, block, activation) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(3)
-    ann = _trained_bn(build("resnet20", width=0.25, block=block, activation=activation,
+    ann = calibrate_bn(build("resnet20", width=0.25, block=block, activation=activation,
                             threshold=2.0), torch.randn(16, 3, 16, 16))  # fmt: skip
     x = torch.randn(10, 3, 16, 16)
     snn = convert(ann, "robust" if activation == "relu" else "qcfs", x, 3)
@@ -84,7 +74,7 @@ def _block_errors(ann, snn, start, x, T):  # type: ignore[no-untyped-def]
 
 def test_block_guard_never_lets_a_block_output_error_grow(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(4)
-    ann = _trained_bn(build("resnet20", width=0.25, block="pre-add"), torch.randn(16, 3, 16, 16))
+    ann = calibrate_bn(build("resnet20", width=0.25, block="pre-add"), torch.randn(16, 3, 16, 16))
     x = torch.randn(8, 3, 16, 16)
     snn = convert(ann, "robust", x, 4)
     start = {n: s.neuron.threshold.clone() for n, s in snn_sites(snn)}
