@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from spikebridge.data.loader import (
     _SPLIT_STREAM,
+    EpochBatches,
     _split_counts,
     _test_indices,
     seeded_generator,
@@ -287,7 +288,7 @@ class _KeySampler:
         return len(self.keys)
 
 
-class ImageFolderLoader:
+class ImageFolderLoader(EpochBatches):
     """Iterate ``(images, labels)`` batches of an image folder on ``device``, like
     ``DeviceLoader``: float ``[B, 3, S, S]`` normalized with ``info.mean/std``
     (``S = info.image_size``), int64 ``[B]``.
@@ -322,33 +323,13 @@ class ImageFolderLoader:
             num_workers = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
         resize_size = resize_size or math.floor(info.image_size / CENTER_CROP_FRACTION)
         _check_args(dataset, batch_size, info, rank, world_size, num_workers, resize_size)
-        self.dataset, self.batch_size, self.info = dataset, batch_size, info
-        self.device = torch.device(device)
-        self.shuffle, self.augment, self.seed, self.drop_last = shuffle, augment, seed, drop_last
-        self.flip, self.rank, self.world_size = flip, rank, world_size
-        self.num_workers, self.resize_size = num_workers, resize_size
-        self.epoch = 0
-        self._mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1)
-        self._std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1)
+        self._setup_epochs(
+            len(dataset), batch_size, info, device, shuffle, augment, seed, drop_last, flip,
+            rank, world_size,
+        )  # fmt: skip
+        self.dataset, self.num_workers, self.resize_size = dataset, num_workers, resize_size
         self._sampler = _KeySampler()
         self._loader: DataLoader | None = None
-
-    @property
-    def num_samples(self) -> int:
-        """Images this rank sees per epoch (including wrap-around padding)."""
-        return math.ceil(len(self.dataset) / self.world_size)
-
-    def __len__(self) -> int:
-        """Number of batches per epoch on this rank."""
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next iteration uses."""
-        if epoch < 0:
-            raise ConfigError(f"Epoch is {epoch}; expected an integer >= 0.")
-        self.epoch = epoch
 
     def epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's (dataset indices ``[M]``, flips ``[M]``) for the current epoch.
@@ -356,15 +337,11 @@ class ImageFolderLoader:
         Drawn on CPU for the whole padded epoch before sharding (as ``DeviceLoader``), so
         an image's flip does not depend on the rank; its crop depends only on its index.
         """
-        gen = seeded_generator(self.seed, self.epoch)
-        n, total = len(self.dataset), self.num_samples * self.world_size
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        order = order.repeat(math.ceil(total / n))[:total]
-        flips = torch.zeros(total, dtype=torch.bool)
+        gen, order = self._epoch_order()
+        flips = torch.zeros(len(order), dtype=torch.bool)
         if self.augment and self.flip:
-            flips = torch.rand(total, generator=gen) < 0.5
-        shard = slice(self.rank, total, self.world_size)
-        return order[shard], flips[shard]
+            flips = torch.rand(len(order), generator=gen) < 0.5
+        return self._shard(order), self._shard(flips)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``len(self)`` batches of the current epoch."""
@@ -378,10 +355,6 @@ class ImageFolderLoader:
             flip = flips[i * self.batch_size : i * self.batch_size + len(images)]
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
             yield self.normalize(images), labels.to(self.device, non_blocking=True)
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, 3, S, S]`` -> float32 ``(x / 255 - mean) / std``."""
-        return images.float().div_(255).sub_(self._mean).div_(self._std)
 
     def _data_loader(self) -> DataLoader:
         """The DataLoader over ``(index, epoch)`` keys, made once (its workers persist)."""

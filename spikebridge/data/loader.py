@@ -186,7 +186,60 @@ def crop_flip(
     return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-class DeviceLoader:
+class EpochBatches:
+    """What every loader shares: epochs seeded from ``(seed, epoch)``, the wrap-around
+    padded order sharded over ranks (as ``DistributedSampler``), batch counts and
+    normalization. Subclasses call :meth:`_setup_epochs` and draw their own augmentation
+    after :meth:`_epoch_order` from the same generator.
+    """
+
+    def _setup_epochs(
+        self, num_items: int, batch_size: int, info: DatasetInfo, device: torch.device | str,
+        shuffle: bool, augment: bool, seed: int, drop_last: bool, flip: bool, rank: int,
+        world_size: int,
+    ) -> None:  # fmt: skip
+        self.device = torch.device(device)
+        self._num_items, self.batch_size, self.info = num_items, batch_size, info
+        self.shuffle, self.augment, self.seed, self.drop_last = shuffle, augment, seed, drop_last
+        self.flip, self.rank, self.world_size = flip, rank, world_size
+        self.epoch = 0
+        self._mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1)
+
+    @property
+    def num_samples(self) -> int:
+        """Images this rank sees per epoch (including wrap-around padding)."""
+        return math.ceil(self._num_items / self.world_size)
+
+    def __len__(self) -> int:
+        """Number of batches per epoch on this rank."""
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration uses."""
+        if epoch < 0:
+            raise ConfigError(f"Epoch is {epoch}; expected an integer >= 0.")
+        self.epoch = epoch
+
+    def _epoch_order(self) -> tuple[torch.Generator, torch.Tensor]:
+        """The epoch's generator and its order over all ranks, padded by wrap-around."""
+        gen = seeded_generator(self.seed, self.epoch)
+        n, total = self._num_items, self.num_samples * self.world_size
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        return gen, order.repeat(math.ceil(total / n))[:total]
+
+    def _shard(self, values: torch.Tensor) -> torch.Tensor:
+        """This rank's positions ``rank, rank + world_size, ...`` of an epoch-long tensor."""
+        return values[self.rank :: self.world_size]
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, C, H, W]`` -> float32 ``(x / 255 - mean) / std``."""
+        return images.float().div_(255).sub_(self._mean).div_(self._std)
+
+
+class DeviceLoader(EpochBatches):
     """Iterate ``(images, labels)`` batches on ``device``: float ``[B, C, H, W]`` normalized
     with the dataset mean/std, int64 ``[B]``.
 
@@ -217,32 +270,13 @@ class DeviceLoader:
         world_size: int = 1,
     ) -> None:
         _check_loader_args(images, labels, batch_size, info, pad, rank, world_size)
-        self.device = torch.device(device)
+        self._setup_epochs(
+            len(labels), batch_size, info, device, shuffle, augment, seed, drop_last, flip,
+            rank, world_size,
+        )  # fmt: skip
         self.images = images.to(self.device)
         self.labels = labels.to(self.device, torch.long)
-        self.batch_size, self.info, self.shuffle, self.augment = batch_size, info, shuffle, augment
-        self.seed, self.drop_last, self.pad, self.flip = seed, drop_last, pad, flip
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-        self._mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1)
-        self._std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1)
-
-    @property
-    def num_samples(self) -> int:
-        """Images this rank sees per epoch (including wrap-around padding)."""
-        return math.ceil(len(self.labels) / self.world_size)
-
-    def __len__(self) -> int:
-        """Number of batches per epoch on this rank."""
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next iteration uses."""
-        if epoch < 0:
-            raise ConfigError(f"Epoch is {epoch}; expected an integer >= 0.")
-        self.epoch = epoch
+        self.pad = pad
 
     def epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's (indices ``[M]``, crop offsets ``[M, 2]``, flips ``[M]``) for the epoch.
@@ -250,17 +284,14 @@ class DeviceLoader:
         Drawn on CPU in a fixed order (permutation, offsets, flips) for the whole
         padded epoch before sharding, so a sample's augmentation does not depend on rank.
         """
-        gen = seeded_generator(self.seed, self.epoch)
-        n, total = len(self.labels), self.num_samples * self.world_size
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        order = order.repeat(math.ceil(total / n))[:total]
+        gen, order = self._epoch_order()
+        total = len(order)
         offsets = torch.full((total, 2), self.pad, dtype=torch.long)
         flips = torch.zeros(total, dtype=torch.bool)
         if self.augment:
             offsets = torch.randint(0, 2 * self.pad + 1, (total, 2), generator=gen)
             flips = torch.rand(total, generator=gen) < 0.5 if self.flip else flips
-        shard = slice(self.rank, total, self.world_size)
-        return order[shard], offsets[shard], flips[shard]
+        return self._shard(order), self._shard(offsets), self._shard(flips)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``len(self)`` batches of the current epoch."""
@@ -272,10 +303,6 @@ class DeviceLoader:
             if self.augment:
                 images = crop_flip(images, offsets[batch], flips[batch], self.pad)
             yield self.normalize(images), self.labels[idx]
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, C, H, W]`` -> float32 ``(x / 255 - mean) / std``."""
-        return images.float().div_(255).sub_(self._mean).div_(self._std)
 
 
 def _check_loader_args(
