@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -210,6 +210,16 @@ class LayerErrors:
     firing_rate: float  # spikes per neuron per time-step
 
 
+def markdown_table(row_type: type, rows: Sequence[Any]) -> str:
+    """A markdown table of dataclass ``rows`` (columns = the fields of ``row_type``)."""
+    names = [f.name for f in fields(row_type)]
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for row in rows:
+        cells = [v if isinstance(v, str) else f"{v:.4g}" for v in asdict(row).values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 @dataclass
 class ErrorTable:
     """Per-site :class:`LayerErrors` of one ANN/SNN pair at ``timesteps`` steps."""
@@ -219,12 +229,7 @@ class ErrorTable:
 
     def to_markdown(self) -> str:
         """A markdown table, one line per site, numbers to 4 significant digits."""
-        names = [f.name for f in fields(LayerErrors)]
-        lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-        for row in self.rows:
-            cells = [v if isinstance(v, str) else f"{v:.4g}" for v in asdict(row).values()]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        return markdown_table(LayerErrors, self.rows)
 
     def to_csv(self, path: str | Path) -> Path:
         """Write the table as CSV (header = the :class:`LayerErrors` field names)."""

@@ -30,7 +30,7 @@ channels are independent neurons, so it is the exact per-channel minimum on the 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -42,6 +42,7 @@ from spikebridge.methods.error_analysis import (
     calibration_batches,
     capture,
     eval_mode,
+    markdown_table,
     model_device,
     paired_sites,
 )
@@ -99,12 +100,7 @@ class TuningReport:
 
     def to_markdown(self) -> str:
         """A markdown table, one line per site."""
-        names = [f.name for f in fields(TuningRow)]
-        lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-        for row in self.rows:
-            cells = [v if isinstance(v, str) else f"{v:.4g}" for v in asdict(row).values()]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        return markdown_table(TuningRow, self.rows)
 
 
 def _check_grids(
