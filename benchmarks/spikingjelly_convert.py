@@ -9,9 +9,11 @@ SAME calibration images and evaluates on the SAME test images as ``spikebridge c
 converted network ``T`` times per batch (direct encoding, ``reset_net`` before each batch)
 and reporting the accuracy of the running sum of outputs at every t <= T.
 
-Only ``nn.ReLU`` sites are converted by SpikingJelly's rate-coding recipe, so the ANN must
-be a ``relu`` run (clip / qcfs runs are refused). Run it in the peer environment, never a
-dependency of the package::
+Only ``nn.ReLU`` sites are converted by SpikingJelly's rate-coding recipe, so a clip / qcfs
+ANN is refused unless ``--swap-to-relu`` is given: then every clip / qcfs site becomes an
+``nn.ReLU`` (the same trained weights, what a SpikingJelly user holding that network would
+convert) and the record keeps the original ANN's accuracy as the reference, next to the
+swapped ANN's. Run it in the peer environment, never a dependency of the package::
 
     PYTHONPATH=. .peer-venv/bin/python benchmarks/spikingjelly_convert.py --ann RUN \\
         --mode 99.9% --mode max --timesteps 32 --calibration-size 512 --json out.json
@@ -66,6 +68,14 @@ class PlainResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+def swap_to_relu(net: nn.Module) -> None:
+    """Replace every clip / qcfs activation (modules with a ``lam``) by ``nn.ReLU``, in place."""
+    for module in list(net.modules()):
+        for child_name, child in list(module.named_children()):
+            if hasattr(child, "lam"):
+                setattr(module, child_name, nn.ReLU())
+
+
 @torch.no_grad()
 def evaluate_steps(snn: nn.Module, loader, T: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Accuracy of the running sum of per-step outputs at every t <= T."""
@@ -94,14 +104,20 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     dev = torch.device("cpu")
     ann, config = ckpt.load_run(args.ann, dev)
-    if config["model"].get("activation", "relu") != "relu":
-        raise SystemExit("SpikingJelly's rate-coding recipe converts nn.ReLU only; use a relu ANN")
+    activation = config["model"].get("activation", "relu")
+    if activation != "relu" and not args.swap_to_relu:
+        raise SystemExit("SpikingJelly's rate-coding recipe converts nn.ReLU only; use a relu "
+                         "ANN, or --swap-to-relu to hand it the same weights with ReLU sites")  # fmt: skip
     splits, data, seed = run_data(config)
     calib = calibration_images(splits, args.calibration_size, seed, dev)
     loader = list(eval_loader(splits, data, seed, dev, args.batch_size, args.test_images))
     record = {"ann_run": args.ann, "ann_accuracy": evaluate(ann, loader)["accuracy"],
-              "timesteps": args.timesteps, "test_samples": sum(len(y) for _, y in loader),
+              "ann_activation": activation, "timesteps": args.timesteps,
+              "test_samples": sum(len(y) for _, y in loader),
               "calibration_size": args.calibration_size, "modes": {}}  # fmt: skip
+    if activation != "relu":
+        swap_to_relu(ann)
+        record["swapped_relu_ann_accuracy"] = evaluate(ann, loader)["accuracy"]
     for mode in args.mode:
         start = time.perf_counter()
         plain = PlainResNet(ann).eval()
@@ -134,6 +150,8 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, help="first N test images (default: all)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--swap-to-relu", action="store_true",
+                        help="convert a clip / qcfs ANN with its sites swapped for nn.ReLU")  # fmt: skip
     parser.add_argument("--json", help="write the record here")
     args = parser.parse_args()
     args.mode = args.mode or ["99.9%", "max"]

@@ -180,10 +180,15 @@ class OptimConfig:
         (0.3, 0.6, 0.8), "multistep: fractions of the epochs where lr is multiplied by gamma"
     )
     gamma: float = option(0.1, "multistep: lr factor at each milestone")
+    grad_clip: float | None = option(
+        None, "clip the global gradient norm to this value before each step; none = off"
+    )
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.gamma <= 0 or self.momentum < 0 or self.weight_decay < 0:
             raise ConfigError("lr and gamma must be > 0, momentum and weight_decay >= 0.")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be > 0 (or none), got {self.grad_clip}.")
         ms = tuple(self.milestones)
         if any(not 0 < m < 1 for m in ms) or list(ms) != sorted(ms):
             raise ConfigError(
@@ -245,6 +250,9 @@ MODEL_HELP = {
     "qcfs_levels": "quantization levels L of the qcfs activation",
     "stem_padding": "stem conv padding; 3 reproduces the IDSNN authors' quirk",
     "neuron_backend": "fused (one kernel) or loop (per-step reference)",
+    "zero_init_residual": "start the last BN of every residual branch at gamma = 0, so a new "
+    "network is its identity path (Goyal et al. 2017); needed to train 100+ layer "
+    "clip/qcfs ANNs, whose straight-through gradients explode otherwise",
 }
 register_section(
     "model",

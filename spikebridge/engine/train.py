@@ -117,6 +117,7 @@ class Trainer:
         train: TrainConfig, run_dir: str | Path | None, log: Callable[[str], None],
     ) -> None:  # fmt: skip
         self.model, self.task, self.loaders, self.cfg, self.log = model, task, loaders, train, log
+        self.grad_clip = optim.grad_clip
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = next(model.parameters()).device
         self.use_amp = train.amp and self.device.type == "cuda"
@@ -164,6 +165,9 @@ class Trainer:
             out = self.task(self.forward_model, images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out["loss"]).backward()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()

@@ -46,8 +46,25 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_experiment(path: str | Path, profile: str) -> dict[str, Any]:
-    """Read an experiment file and merge the chosen profile over its shared settings."""
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["train.epochs=2", "models=[resnet20]"]`` -> a nested dict (values read as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set needs KEY=VALUE (e.g. train.epochs=2), got {item!r}.")
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def load_experiment(
+    path: str | Path, profile: str, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Read an experiment file and merge the chosen profile, then ``overrides``, over it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"experiment file {path} does not exist; expected a YAML file.")
@@ -57,16 +74,20 @@ def load_experiment(path: str | Path, profile: str) -> dict[str, Any]:
     profiles = spec.pop("profiles", {}) or {}
     if profile not in profiles:
         raise ConfigError(f"{path} has no profile {profile!r}; it has: {', '.join(profiles)}.")
-    spec = merge(spec, profiles[profile])
+    spec = merge(merge(spec, profiles[profile]), overrides or {})
     spec["profile"] = profile
     return spec
 
 
 def run_experiment(
-    path: str | Path, profile: str, out_dir: str | Path, log: Callable[[str], None] = print
+    path: str | Path,
+    profile: str,
+    out_dir: str | Path,
+    log: Callable[[str], None] = print,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run every arm of an experiment file; returns the runner's results dict."""
-    spec = load_experiment(path, profile)
+    spec = load_experiment(path, profile, overrides)
     kind = spec["kind"]
     if kind in _KIND_MODULES and kind not in EXPERIMENT_KINDS:
         importlib.import_module(_KIND_MODULES[kind])

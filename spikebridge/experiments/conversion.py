@@ -19,8 +19,10 @@ Spec keys (YAML top level, profiles merged over it)::
     tune_timesteps: null            # ttrbr tuning T (default: smallest T >= 4)
     test_images: null               # evaluate on the first N test images (null = all)
     tune_guard: true                # ttrbr: put back a block whose output error grows
+    skip: {resnet110-post-add-qcfs: "why"}  # arms not run; the table says why
     train: {epochs: 3, width: 0.5, subset: 6000, ...}   # train_run options of every ANN
-    activations: {relu: {}, qcfs: {qcfs_levels: 8, threshold: 2.0}}  # per-activation options
+    activations: {relu: {}, qcfs: {qcfs_levels: 8, threshold: 2.0}}  # the ANNs to train per
+                                    # (model, block), with their options
     device: auto
 
 Writes ``anns/<model>-<block>-<act>/``, ``conversions/<...>-<method>/`` (converted run
@@ -48,7 +50,8 @@ METHOD_ACTIVATIONS = {
     "qcfs": ("qcfs",),
     "ttrbr": ("relu", "qcfs"),
 }
-"""Which ANN activations each method is applied to."""
+"""Which ANN activations each method is applied to (on a qcfs ANN, statistics are capped at
+λ, so maxnorm / robust would give θ = λ: the qcfs row)."""
 STRUCTURES = ("post-add", "pre-add")
 PLOT_FILE = "accuracy_vs_t.png"
 
@@ -129,9 +132,20 @@ def _safe_row(
     except SpikebridgeError as exc:
         log(f"conversion {ann_dir.name} {method} failed: {exc}")
         ann = ckpt.read_json(ann_dir / ckpt.SUMMARY_FILE).get("test_accuracy")
-        return {"model": arm[0], "block": arm[1], "activation": arm[2], "method": method,
-                "ann_accuracy": ann, "accuracy": None, "accuracy_by_timestep": None,
-                "error": str(exc)}  # fmt: skip
+        return _error_row(arm, method, ann, f"failed: {exc}")
+
+
+def _error_row(arm: tuple[str, str, str], method: str, ann: float | None, error: str) -> dict:
+    return {"model": arm[0], "block": arm[1], "activation": arm[2], "method": method,
+            "ann_accuracy": ann, "accuracy": None, "accuracy_by_timestep": None,
+            "error": error}  # fmt: skip
+
+
+def _activations(spec: dict[str, Any]) -> list[str]:
+    """The ANN activations to train; an entry set to null (``--set activations.relu=null``)
+    is skipped."""
+    acts = spec.get("activations") or {"relu": {}, "qcfs": {}}
+    return [a for a, opts in acts.items() if opts is not None]
 
 
 @register_experiment("conversion")
@@ -142,11 +156,15 @@ def run_conversion(spec: dict[str, Any], out_dir: Path, log: Callable[[str], Non
     start, rows = time.perf_counter(), []
     for model in models:
         for block in blocks:
-            for act in ("relu", "qcfs"):
+            for act in _activations(spec):
                 wanted = [m for m in methods if act in METHOD_ACTIVATIONS[m]]
                 if not wanted:
                     continue
                 arm = (model, block, act)
+                reason = (spec.get("skip") or {}).get(f"{model}-{block}-{act}")
+                if reason:
+                    rows += [_error_row(arm, m, None, f"not run: {reason}") for m in wanted]
+                    continue
                 ann_dir = _ann(spec, out_dir, arm, log)
                 rows += [_safe_row(spec, out_dir, ann_dir, (arm, m), log) for m in wanted]
     results = {"rows": rows, "timesteps": timesteps, "profile": spec.get("profile"),
@@ -174,7 +192,7 @@ def results_markdown(rows: list[dict], timesteps: list[int], spec: dict[str, Any
         ann = "n/a" if r["ann_accuracy"] is None else f"{100 * r['ann_accuracy']:.2f}"
         cells = [r["model"], r["block"], r["activation"], ann, r["method"]]
         if r["accuracy"] is None:
-            cells += [f"failed: {r['error']}"] + [""] * (len(timesteps) - 1)
+            cells += [r["error"]] + [""] * (len(timesteps) - 1)
         else:
             cells += [f"{100 * r['accuracy'][str(t)]:.2f}" for t in timesteps]
         lines.append("| " + " | ".join(cells) + " |")

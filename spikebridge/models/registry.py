@@ -83,6 +83,7 @@ class ModelConfig:
     stem: str = "3x3"  # 3x3 (small images) | 7x7 (ImageNet style, stride 2 + pooling)
     stem_pool: str = "avg"  # after a 7x7 stem: avg (spiking-friendly) | max (torchvision) | none
     neuron_backend: str = "fused"  # fused | loop (reference)
+    zero_init_residual: bool = False  # last BN of every residual branch starts at γ = 0
 
     def activation_spec(self) -> ActivationSpec:
         return ActivationSpec(
@@ -140,6 +141,7 @@ def build_from_config(cfg: ModelConfig) -> ResNet:
         stem_padding=cfg.stem_padding,
         stem=cfg.stem,
         stem_pool=cfg.stem_pool,
+        zero_init_residual=cfg.zero_init_residual,
     )
     model.config = cfg  # type: ignore[assignment]
     return model

@@ -198,6 +198,7 @@ class ResNet(nn.Module):
             7x7 stride-2 conv, then a 3x3 stride-2 pooling).
         stem_pool: pooling after a ``7x7`` stem: ``avg`` (default; spikes in, rates out, so it
             converts and stays event-driven), ``max`` (torchvision's ANN) or ``none``.
+        zero_init_residual: start the last BN of every residual branch at ``γ = 0``.
     """
 
     def __init__(
@@ -213,6 +214,7 @@ class ResNet(nn.Module):
         stem_padding: int = 1,
         stem: str = "3x3",
         stem_pool: str = "avg",
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if structure not in STRUCTURES:
@@ -232,7 +234,7 @@ class ResNet(nn.Module):
             self.stages.append(stage)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
-        self._init_weights()
+        self._init_weights(zero_init_residual)
 
     def _norm_factory(self) -> NormFactory:
         if self.act_spec.spiking:
@@ -249,10 +251,15 @@ class ResNet(nn.Module):
             cin = planes * block_cls.expansion
         return nn.Sequential(*blocks), cin
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_residual:  # each block starts as its shortcut (Goyal et al. 2017)
+            for block in self.modules():
+                if isinstance(block, BasicBlock | Bottleneck):
+                    last_bn = block.bn3 if isinstance(block, Bottleneck) else block.bn2
+                    nn.init.zeros_(last_bn.weight)
 
     @property
     def spiking(self) -> bool:

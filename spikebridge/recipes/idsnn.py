@@ -376,16 +376,21 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="cpu",
                         help="profile of the file to run: cpu (2 cores) or full (GPU)")  # fmt: skip
     parser.add_argument("--out", help="output folder (default: runs/experiments/<file>-<profile>)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
+                        help="override a setting of the file after the profile, value read as "
+                        "YAML; dots reach nested keys (e.g. --set train.epochs=2 "
+                        "--set models=[resnet20]); repeatable")  # fmt: skip
 
 
 def run_experiment_command(args: argparse.Namespace) -> int:
     """``spikebridge experiment FILE``: run every arm; results.md + plots in ``--out``."""
-    from spikebridge.experiments import run_experiment
+    from spikebridge.experiments import parse_overrides, run_experiment
 
     out = (
         args.out
         or Path(DEFAULT_RUNS_DIR) / "experiments" / f"{Path(args.file).stem}-{args.profile}"
     )
-    result = run_experiment(args.file, args.profile, out, log=print_flush)
+    overrides = parse_overrides(args.overrides)
+    result = run_experiment(args.file, args.profile, out, log=print_flush, overrides=overrides)
     print(f"results: {result.get('results_md', out)}")
     return 0

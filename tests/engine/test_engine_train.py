@@ -112,3 +112,26 @@ def test_fit_logs_task_extras_and_selects_on_validation(tmp_path):
     assert result.state.best_test == max(r["test_accuracy"] for r in result.history)
     assert result.state.final_test == result.history[-1]["test_accuracy"]
     assert set(result.test["accuracy_by_timestep"]) == {"1"}
+
+
+@pytest.mark.parametrize("clip", [None, 0.01])
+def test_grad_clip_bounds_the_global_gradient_norm(clip):
+    splits = load_splits("synthetic", subset=32, val_size=16)
+    loader = DeviceLoader(splits.train_x, splits.train_y, 16, splits.info, "cpu", True, True, 0)
+    torch.manual_seed(0)
+    model = build("resnet20", num_classes=4, in_channels=1, width=0.25)
+    optim = tiny_config("unused", grad_clip=clip).optim
+    trainer = Trainer(model, ClassificationTask(), Loaders(loader, None, None), optim,
+                      TrainConfig(epochs=1, progress=False), None, lambda _: None)  # fmt: skip
+    images, labels = next(iter(loader))
+    trainer.step(images, labels)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    if clip is None:
+        assert norm > 0.1  # an unclipped first step: the bound below is not vacuous
+    else:
+        assert norm <= clip * (1 + 1e-4)
+
+
+def test_grad_clip_must_be_positive():
+    with pytest.raises(ConfigError, match="grad_clip"):
+        tiny_config("unused", grad_clip=0.0)

@@ -6,7 +6,7 @@ import pytest
 
 import spikebridge.experiments.conversion as conversion_kind
 from spikebridge.errors import ConfigError
-from spikebridge.experiments import run_experiment
+from spikebridge.experiments import parse_overrides, run_experiment
 
 TINY_YAML = """
 kind: conversion
@@ -17,6 +17,7 @@ methods: [robust, qcfs]
 timesteps: [1, 2, 4]
 device: cpu
 activations:
+  relu: {}
   qcfs: {qcfs_levels: 4, threshold: 2.0}
 profiles:
   cpu:
@@ -66,6 +67,30 @@ def test_rerun_reuses_finished_anns_and_conversions(finished, monkeypatch):
     monkeypatch.setattr(conversion_kind, "convert_run", fail)
     again = run_experiment(root / "tiny.yaml", "cpu", root / "out", log=quiet)
     assert again["rows"] == results["rows"]
+    # --set activations.relu=null methods=[qcfs]: a sub-sweep of the same folder
+    only = run_experiment(
+        root / "tiny.yaml", "cpu", root / "out", log=quiet,
+        overrides=parse_overrides(["activations.relu=null", "methods=[qcfs]"]),
+    )  # fmt: skip
+    assert only["rows"] == results["rows"][1:]
+    # skip: an arm is not run and its rows say why
+    skipped = run_experiment(
+        root / "tiny.yaml", "cpu", root / "out2", log=quiet,
+        overrides=parse_overrides(["skip={resnet20-pre-add-relu: collapses}",
+                                   "activations.qcfs=null"]),
+    )  # fmt: skip
+    assert [(r["activation"], r["error"]) for r in skipped["rows"]] == [
+        ("relu", "not run: collapses")
+    ]
+    assert "not run: collapses" in (root / "out2" / "results.md").read_text()
+
+
+def test_overrides_parse_nested_yaml_values():
+    assert parse_overrides(["train.epochs=2", "models=[resnet20, resnet56]", "x.y.z=null"]) == {
+        "train": {"epochs": 2}, "models": ["resnet20", "resnet56"], "x": {"y": {"z": None}},
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["epochs"])
 
 
 def test_unknown_method_in_the_spec_is_a_config_error(tmp_path):

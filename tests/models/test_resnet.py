@@ -210,3 +210,21 @@ def test_bad_structure_is_config_error() -> None:
         build("resnet20", block="postadd")
     with pytest.raises(ConfigError, match="lif"):
         build("resnet20", neuron="lfi")
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet164"])
+@pytest.mark.parametrize("structure", ["post-add", "pre-add"])
+def test_zero_init_residual_makes_every_block_its_shortcut(name: str, structure: str) -> None:
+    """Goyal et al. 2017: with the last branch BN at γ = 0 each identity block passes its
+    input through (pre-add: x + act(0) = x; post-add: act(x) = x for x already in range)."""
+    model = _tiny(name, block=structure, zero_init_residual=True).eval()
+    identity_blocks = [b for s in model.stages for b in s if b.shortcut is None]
+    assert identity_blocks
+    for block in identity_blocks[:3]:
+        x = torch.relu(torch.randn(2, block.conv1.in_channels, 6, 6))
+        torch.testing.assert_close(block(x), x)
+    assert not any(
+        torch.equal(b.bn2.weight, torch.zeros_like(b.bn2.weight))
+        for s in _tiny(name, block=structure).stages
+        for b in s
+    )

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spikebridge.nn import IF, QCFS, Clip, SpikingSite, fold, threshold_dependent_bn, unfold
+from spikebridge.nn.activations import LAMBDA_MIN
 
 
 def _qcfs_reference(x: float, lam: float, levels: int) -> float:
@@ -42,14 +43,24 @@ def test_qcfs_matches_formula(x: float, lam: float, levels: int) -> None:
 
 def test_qcfs_gradients() -> None:
     act = QCFS(levels=4, lam=2.0).double()
-    x = torch.tensor([-1.0, 0.3, 1.1, 5.0], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([[-1.0, 0.3, 1.1, 5.0]], dtype=torch.float64, requires_grad=True)
     act(x).sum().backward()
     assert x.grad is not None and act.lam.grad is not None
     # Straight-through floor: d/dx = λ·(1/L)·(L/λ) = 1 inside the clip range, 0 outside.
-    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+    assert x.grad.tolist() == [[0.0, 1.0, 1.0, 0.0]]
     # d/dλ of λ·q(x/λ) = q - x/λ inside (STE), 1 when clipped at λ, 0 below zero:
-    # x = 0.3: q = 0.25 -> 0.25 - 0.15 = 0.1; x = 1.1: q = 0.5 -> 0.5 - 0.55 = -0.05
-    assert act.lam.grad.item() == pytest.approx(0.0 + 0.1 - 0.05 + 1.0)
+    # x = 0.3: q = 0.25 -> 0.25 - 0.15 = 0.1; x = 1.1: q = 0.5 -> 0.5 - 0.55 = -0.05;
+    # then the LSQ scale 1/sqrt(N·L) with N = 4 features per image, L = 4: 1/4.
+    assert act.lam.grad.item() == pytest.approx((0.0 + 0.1 - 0.05 + 1.0) / 4)
+
+
+@pytest.mark.parametrize("act", [QCFS(levels=4, lam=-0.5), Clip(-0.5)])
+def test_negative_lambda_is_floored_and_can_recover(act: torch.nn.Module) -> None:
+    x = torch.tensor([[-1.0, 0.5, 3.0]])
+    out = act(x)
+    assert out.min().item() >= 0.0 and out.max().item() <= LAMBDA_MIN
+    out.sum().backward()  # straight-through floor: the gradient still reaches λ
+    assert act.lam.grad is not None and act.lam.grad.item() > 0
 
 
 def test_qcfs_rejects_zero_levels() -> None:
@@ -66,6 +77,22 @@ def test_clip_forward_and_lambda_gradient() -> None:
     assert act.lam.grad is not None and x.grad is not None
     assert act.lam.grad.item() == 3.0  # number of inputs above λ
     assert x.grad.tolist() == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 5), st.integers(1, 5)),
+)
+def test_lambda_gradient_is_lsq_scaled(seed: int, shape: tuple[int, int, int, int]) -> None:
+    """Clip's λ gradient is the count of inputs above λ times 1/sqrt(features per image)."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    act = Clip(0.5).double()
+    act(x).sum().backward()
+    assert act.lam.grad is not None
+    features = shape[1] * shape[2] * shape[3]
+    expected = (x > 0.5).sum().item() / math.sqrt(features)
+    assert act.lam.grad.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
 @settings(max_examples=30, deadline=None)
