@@ -17,13 +17,22 @@ Spec keys (YAML top level, profiles merged over it)::
     calibration_size: 1024          # training images for statistics / tuning
     percentile: 99.99               # robust-norm percentile
     tune_timesteps: null            # ttrbr tuning T (default: smallest T >= 4)
+    tune_each_timestep: 8           # ttrbr: tune at EVERY reported T up to 8 (see below);
+                                    # null = one conversion tuned at tune_timesteps
     test_images: null               # evaluate on the first N test images (null = all)
     tune_guard: true                # ttrbr: put back a block whose output error grows
+    tune_phi: false                 # ttrbr: also tune φ; channelwise: false = layer-wise θ
     skip: {resnet110-post-add-qcfs: "why"}  # arms not run; the table says why
     train: {epochs: 3, width: 0.5, subset: 6000, ...}   # train_run options of every ANN
     activations: {relu: {}, qcfs: {qcfs_levels: 8, threshold: 2.0}}  # the ANNs to train per
                                     # (model, block), with their options
     device: auto
+
+``ttrbr`` tunes at the T it is deployed at (METHODS 2.4), so with ``tune_each_timestep: M``
+its row holds, for every reported ``t <= M``, the accuracy of a conversion tuned at ``t``
+(folders ``...-ttrbr-t<t>``, each simulated up to ``t``; the one tuned at the largest such
+``t`` runs up to the largest T and gives the cells above ``M``). Every other method's row is
+one conversion, one pass.
 
 Writes ``anns/<model>-<block>-<act>/``, ``conversions/<...>-<method>/`` (converted run
 folders, also reused when finished), ``results.md``, ``results.json`` and ``accuracy_vs_t.png``.
@@ -94,18 +103,56 @@ def _ann(
 def _convert(
     spec: dict[str, Any], out_dir: Path, ann_dir: Path, method: str, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Convert (or reuse) one ANN with one method; returns the conversion summary."""
-    run_dir = out_dir / "conversions" / f"{ann_dir.name}-{method}"
+    """Convert (or reuse) one ANN with one method; returns the (combined) summary."""
+    timesteps = spec.get("timesteps") or DEFAULT_TIMESTEPS
+    each = spec.get("tune_each_timestep")
+    if method != "ttrbr" or not each or not any(t <= int(each) for t in timesteps):
+        name = f"{ann_dir.name}-{method}"
+        return _convert_once(spec, out_dir / "conversions" / name, ann_dir, method, log)
+    tune_ts = sorted(t for t in timesteps if t <= int(each))
+    parts = {}
+    for t in tune_ts:  # the conversion tuned at the largest t also runs to max(timesteps)
+        run_dir = out_dir / "conversions" / f"{ann_dir.name}-ttrbr-t{t}"
+        upto = max(timesteps) if t == tune_ts[-1] else t
+        parts[t] = _convert_once({**spec, "tune_timesteps": t}, run_dir, ann_dir, method, log,
+                                 timesteps=[u for u in timesteps if u <= upto])  # fmt: skip
+    return combine_per_timestep(parts)
+
+
+def combine_per_timestep(parts: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One summary from conversions tuned at several T: cell ``t`` comes from the conversion
+    tuned at the smallest tuning T ``>= t`` (the largest one for ``t`` above them all)."""
+    tune_ts = sorted(parts)
+    top = parts[tune_ts[-1]]
+    by_t = {}
+    for key in sorted(top["accuracy_by_timestep"], key=int):
+        source = next((u for u in tune_ts if u >= int(key)), tune_ts[-1])
+        by_t[key] = parts[source]["accuracy_by_timestep"][key]
+    return {**top, "accuracy_by_timestep": by_t, "tune_timesteps": tune_ts,
+            "run_dir": [parts[t]["run_dir"] for t in tune_ts],
+            "convert_time_s": sum(p.get("convert_time_s") or 0.0 for p in parts.values())}  # fmt: skip
+
+
+def _convert_once(
+    spec: dict[str, Any],
+    run_dir: Path,
+    ann_dir: Path,
+    method: str,
+    log: Callable[[str], None],
+    timesteps: list[int] | None = None,
+) -> dict[str, Any]:
+    """One conversion into ``run_dir`` (reused when finished)."""
     if (run_dir / ckpt.SUMMARY_FILE).is_file():
         return ckpt.read_json(run_dir / ckpt.SUMMARY_FILE)
     if (run_dir / ckpt.CONFIG_FILE).is_file():  # an interrupted conversion: start it again
         (run_dir / ckpt.CONFIG_FILE).unlink()
-    log(f"converting {ann_dir.name} with {method}")
+    log(f"converting {ann_dir.name} with {method} into {run_dir.name}")
     return convert_run(
-        ann_dir, method, spec.get("timesteps") or DEFAULT_TIMESTEPS,
+        ann_dir, method, timesteps or spec.get("timesteps") or DEFAULT_TIMESTEPS,
         int(spec.get("calibration_size", 1024)), float(spec.get("percentile", 99.99)),
-        bool(spec.get("channelwise", False)), False, spec.get("tune_timesteps"), run_dir,
-        spec.get("device", "auto"), max_test_images=spec.get("test_images"),
+        bool(spec.get("channelwise", False)), bool(spec.get("tune_phi", False)),
+        spec.get("tune_timesteps"), run_dir, spec.get("device", "auto"),
+        max_test_images=spec.get("test_images"),
         tune_guard=bool(spec.get("tune_guard", True)), log=log,
     )  # fmt: skip
 
@@ -190,7 +237,10 @@ def results_markdown(rows: list[dict], timesteps: list[int], spec: dict[str, Any
     ]
     for r in rows:
         ann = "n/a" if r["ann_accuracy"] is None else f"{100 * r['ann_accuracy']:.2f}"
-        cells = [r["model"], r["block"], r["activation"], ann, r["method"]]
+        method = r["method"]
+        if isinstance(r.get("tune_timesteps"), list):
+            method += f" (tuned at each T <= {max(r['tune_timesteps'])})"
+        cells = [r["model"], r["block"], r["activation"], ann, method]
         if r["accuracy"] is None:
             cells += [r["error"]] + [""] * (len(timesteps) - 1)
         else:

@@ -85,6 +85,35 @@ def test_rerun_reuses_finished_anns_and_conversions(finished, monkeypatch):
     assert "not run: collapses" in (root / "out2" / "results.md").read_text()
 
 
+def test_ttrbr_is_tuned_at_each_timestep(finished):
+    root, _ = finished
+    out = run_experiment(
+        root / "tiny.yaml", "cpu", root / "out", log=quiet,
+        overrides=parse_overrides(["methods=[ttrbr]", "activations.relu=null",
+                                   "tune_each_timestep=2"]),
+    )  # fmt: skip
+    (row,) = out["rows"]
+    assert row["tune_timesteps"] == [1, 2]
+    conv = root / "out" / "conversions"
+    t1 = json.loads((conv / "resnet20-pre-add-qcfs-ttrbr-t1" / "summary.json").read_text())
+    t2 = json.loads((conv / "resnet20-pre-add-qcfs-ttrbr-t2" / "summary.json").read_text())
+    assert (t1["tune_timesteps"], t2["tune_timesteps"]) == (1, 2)
+    assert set(t1["accuracy_by_timestep"]) == {"1"}  # simulated only as far as it serves
+    assert row["accuracy_by_timestep"] == {"1": t1["accuracy_by_timestep"]["1"],
+                                           **{k: v for k, v in t2["accuracy_by_timestep"].items()
+                                              if k != "1"}}  # fmt: skip
+    assert "ttrbr (tuned at each T <= 2)" in (root / "out" / "results.md").read_text()
+
+
+def test_combine_per_timestep_takes_each_cell_from_the_nearest_tuning_at_or_above():
+    part = lambda t, upto: {"accuracy_by_timestep": {str(u): t + u / 100 for u in range(1, upto + 1)},  # noqa: E731
+                            "run_dir": f"t{t}", "convert_time_s": 1.0}  # fmt: skip
+    row = conversion_kind.combine_per_timestep({1: part(1, 1), 4: part(4, 4), 8: part(8, 16)})
+    got = {int(k): v for k, v in row["accuracy_by_timestep"].items()}
+    assert got == {1: 1.01, 2: 4.02, 3: 4.03, 4: 4.04, **{u: 8 + u / 100 for u in range(5, 17)}}
+    assert row["tune_timesteps"] == [1, 4, 8] and row["convert_time_s"] == 3.0
+
+
 def test_overrides_parse_nested_yaml_values():
     assert parse_overrides(["train.epochs=2", "models=[resnet20, resnet56]", "x.y.z=null"]) == {
         "train": {"epochs": 2}, "models": ["resnet20", "resnet56"], "x": {"y": {"z": None}},
