@@ -22,6 +22,7 @@ Spec keys (YAML top level, profiles merged over it)::
     test_images: null               # evaluate on the first N test images (null = all)
     tune_guard: true                # ttrbr: put back a block whose output error grows
     tune_phi: false                 # ttrbr: also tune φ; channelwise: false = layer-wise θ
+    tune_bias: true                 # ttrbr: also try the per-channel input-current shift
     skip: {resnet110-post-add-qcfs: "why"}  # arms not run; the table says why
     train: {epochs: 3, width: 0.5, subset: 6000, ...}   # train_run options of every ANN
     activations: {relu: {}, qcfs: {qcfs_levels: 8, threshold: 2.0}}  # the ANNs to train per
@@ -154,6 +155,7 @@ def _convert_once(
         spec.get("tune_timesteps"), run_dir, spec.get("device", "auto"),
         max_test_images=spec.get("test_images"),
         tune_guard=bool(spec.get("tune_guard", True)), log=log,
+        tune_bias=bool(spec.get("tune_bias", True)),
     )  # fmt: skip
 
 

@@ -21,8 +21,16 @@ widest block input. Other models fall back to one pass from the image per site, 
 at the site by a hook. Either way the site's currents ``[T*B, ...]`` are captured and just
 that neuron is re-simulated once per candidate.
 
-Guarantee: scale 1 (with the current φ) is always a candidate and is tried first, so the
-chosen value never has a larger calibration loss than the one the site started with
+Bias shift (``tune_bias``, also ours): each candidate can also be tried with the site's input
+current shifted per channel by ``δ_c = mean(z_c − mean_t u_c)``, the mean gap between the
+ANN's pre-activation ``z`` and the SNN's time-averaged current ``u`` on the calibration set
+(the mean of the propagated error, METHODS 2.3). If a shifted candidate wins, ``δ`` is added
+to the bias of the (BN-folded) conv that feeds the site, so the converted model stays a plain
+conv + IF network. This is the bias correction of Li et al. (ICML 2021) offered to the same
+per-site search instead of applied unconditionally.
+
+Guarantee: scale 1 (with the current φ, unshifted) is always a candidate and is tried first,
+so the chosen value never has a larger calibration loss than the one the site started with
 (``loss_after <= loss_before`` per row). Channel-wise tuning picks the scale per channel;
 channels are independent neurons, so it is the exact per-channel minimum on the grid.
 """
@@ -56,7 +64,7 @@ DEFAULT_SCALE_GRID = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1,
 DEFAULT_PHI_GRID = (0.0, 0.25, 0.5, 0.75)
 """Initial-potential fractions tried with every scale when ``tune_phi`` is on."""
 
-Candidate = tuple[float, float | None]  # (threshold scale, φ or None = keep the current φ)
+Candidate = tuple[float, float | None, bool]  # (θ scale, φ or None = keep, shift the input)
 
 
 @dataclass
@@ -71,6 +79,7 @@ class TuningRow:
     loss_before: float  # E(r − a)² with scale 1, earlier sites already tuned
     loss_after: float  # E(r − a)² with the chosen scale (never above loss_before)
     reverted: bool = False  # the block guard put this site back to its initial θ and φ
+    bias_shift: float = 0.0  # mean |δ| added to the feeding conv's bias (tune_bias)
 
 
 @dataclass
@@ -115,12 +124,16 @@ def _check_grids(
     return scales, phis
 
 
-def _candidates(scales: tuple[float, ...], phis: tuple[float, ...]) -> list[Candidate]:
-    """``(1.0, keep φ)`` first (ties keep the current value), then the rest of the grid."""
-    cands: list[Candidate] = [(1.0, None)]
-    cands += [(s, None) for s in scales if s != 1.0]
-    cands += [(s, p) for s in scales for p in phis]
-    return cands
+def _candidates(
+    scales: tuple[float, ...], phis: tuple[float, ...], shift: bool = False
+) -> list[Candidate]:
+    """``(1.0, keep φ, unshifted)`` first (ties keep the current value), then the rest of the
+    grid; with ``shift`` every one of them again on the shifted input."""
+    base: list[tuple[float, float | None]] = [(1.0, None)]
+    base += [(s, None) for s in scales if s != 1.0]
+    base += [(s, p) for s in scales for p in phis]
+    cands = [(s, p, False) for s, p in base]
+    return cands + ([(s, p, True) for s, p in base] if shift else [])
 
 
 def _probe(neuron: SpikingNeuron, theta: torch.Tensor, phi: torch.Tensor) -> SpikingNeuron:
@@ -145,33 +158,75 @@ def _site_sse(
     snn: nn.Module,
     sites: tuple[nn.Module, SpikingSite],
     inputs: Inputs,
-    probes: list[SpikingNeuron],
+    probes: list[tuple[SpikingNeuron, bool]],
+    delta: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Summed squared error ``[K, C]`` of every candidate probe over the calibration chunks.
 
     ``ann`` / ``snn`` are the whole models (inputs = images) or one segment of each
-    (inputs = the cached segment inputs, ``[B, ...]`` and ``[T*B, ...]``).
+    (inputs = the cached segment inputs, ``[B, ...]`` and ``[T*B, ...]``). A probe marked
+    shifted sees the currents plus the per-channel ``delta``.
     """
     ann_site, snn_site = sites
     sse, count = None, 0
     for xa, xs in inputs:
         a = capture(ann, ann_site, xa, "output").to(xs.device)
         u = unfold(capture(snn, snn_site, xs, "input"), snn_site.timesteps)
-        part = torch.stack([_sse_per_channel(p, u, a) for p in probes])
+        shifted = u if delta is None else u + _per_channel(delta, u.dim() - 1)
+        part = torch.stack([_sse_per_channel(p, shifted if sh else u, a) for p, sh in probes])
         sse = part if sse is None else sse + part
         count += a.numel()
     assert sse is not None  # calibration_batches never returns an empty list
     return sse, count
 
 
+def _per_channel(values: torch.Tensor, dims: int) -> torch.Tensor:
+    """``[C]`` -> a shape that broadcasts over ``[..., C, *spatial]`` with ``dims`` = rank
+    of one step's tensor ``[B, C, ...]``."""
+    return values.view(-1, *([1] * (dims - 2)))
+
+
+def _mean_current_gap(
+    ann: nn.Module, snn: nn.Module, sites: tuple[nn.Module, SpikingSite], inputs: Inputs
+) -> torch.Tensor:
+    """``δ_c = mean(z − mean_t u)`` per channel: ANN pre-activation minus the SNN's
+    time-averaged input current at the site (the bias shift of ``tune_bias``)."""
+    ann_site, snn_site = sites
+    total, count = None, 0
+    for xa, xs in inputs:
+        z = capture(ann, ann_site, xa, "input").to(xs.device)
+        u = unfold(capture(snn, snn_site, xs, "input"), snn_site.timesteps).mean(0)
+        gap = (z - u).double().sum(dim=[d for d in range(z.dim()) if d != 1])
+        total = gap if total is None else total + gap
+        count += z.numel() // z.shape[1]
+    assert total is not None
+    return total / count
+
+
+def feeding_conv(model: nn.Module, site_name: str) -> nn.Conv2d | None:
+    """The biased conv whose output is the input current of site ``site_name`` (``act1`` ->
+    ``conv1``, ``stages.i.j.act2`` -> ``stages.i.j.conv2``, ``...shortcut.act`` ->
+    ``...shortcut.conv``); None when there is none (then no bias shift is tried)."""
+    parent_name, _, leaf = site_name.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name) if parent_name else model
+    except AttributeError:
+        return None
+    conv = getattr(parent, "conv" + leaf[len("act") :], None) if leaf.startswith("act") else None
+    ok = isinstance(conv, nn.Conv2d) and conv.bias is not None
+    return conv if ok else None
+
+
 def _apply_choice(
     site: SpikingSite, cands: list[Candidate], sse: torch.Tensor, channelwise: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Set the site's θ (and φ) to the best candidate; return (scale, loss sum, φ)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Set the site's θ (and φ) to the best candidate; return (scale, loss sum, φ, shifted)
+    with ``shifted`` a bool per channel (or a scalar) saying where the bias shift won."""
     neuron = site.neuron
     theta0, phi0 = neuron.threshold.clone(), neuron.phi.clone()
-    scales = torch.tensor([s for s, _ in cands], dtype=theta0.dtype, device=theta0.device)
-    phis = [phi0 if p is None else torch.full_like(phi0, p) for _, p in cands]
+    scales = torch.tensor([s for s, _, _ in cands], dtype=theta0.dtype, device=theta0.device)
+    shifts = torch.tensor([sh for _, _, sh in cands], device=theta0.device)
+    phis = [phi0 if p is None else torch.full_like(phi0, p) for _, p, _ in cands]
     if channelwise:
         best = sse.argmin(0)  # [C]
         C = sse.shape[1]
@@ -180,13 +235,15 @@ def _apply_choice(
         neuron.threshold = theta0.expand(C) * scale
         neuron.phi = phi_table.gather(0, best[None])[0]
         loss = sse.gather(0, best[None]).sum()
+        shifted = shifts[best]
     else:
         k = int(sse.sum(1).argmin())
         scale = scales[k]
         neuron.threshold = theta0 * cands[k][0]
         neuron.phi = phis[k].clone()
         loss = sse[k].sum()
-    return scale, loss, neuron.phi
+        shifted = shifts[k]
+    return scale, loss, neuron.phi, shifted
 
 
 def _tune_site(
@@ -196,16 +253,26 @@ def _tune_site(
     inputs: Inputs,
     cands: list[Candidate],
     channelwise: bool,
+    conv: nn.Conv2d | None = None,
 ) -> TuningRow:
+    """Tune one site; with a feeding ``conv``, shifted candidates are tried too (tune_bias)."""
     name, ann_site, snn_site = sites
     neuron = snn_site.neuron
     theta0, phi0 = neuron.threshold.clone(), neuron.phi.clone()
+    if conv is None:
+        cands = [c for c in cands if not c[2]]
+    delta = _mean_current_gap(ann, snn, (ann_site, snn_site), inputs) if conv else None
     probes = [
-        _probe(neuron, theta0 * s, phi0 if p is None else torch.full_like(phi0, p))
-        for s, p in cands
+        (_probe(neuron, theta0 * s, phi0 if p is None else torch.full_like(phi0, p)), sh)
+        for s, p, sh in cands
     ]
-    sse, count = _site_sse(ann, snn, (ann_site, snn_site), inputs, probes)
-    scale, loss, phi = _apply_choice(snn_site, cands, sse, channelwise)
+    sse, count = _site_sse(ann, snn, (ann_site, snn_site), inputs, probes, delta)
+    scale, loss, phi, shifted = _apply_choice(snn_site, cands, sse, channelwise)
+    applied = 0.0
+    if conv is not None and delta is not None and bool(shifted.any()):
+        shift = delta.to(conv.bias.dtype) * shifted.to(conv.bias.dtype)
+        conv.bias.data += shift
+        applied = shift.abs().mean().item()
     return TuningRow(
         site=name,
         theta_init=theta0.mean().item(),
@@ -214,6 +281,7 @@ def _tune_site(
         phi=phi.float().mean().item(),
         loss_before=(sse[0].sum() / count).item(),
         loss_after=(loss / count).item(),
+        bias_shift=applied,
     )
 
 
@@ -229,6 +297,7 @@ def tune_thresholds(
     batch_size: int = 64,
     progress: bool = False,
     guard: bool = True,
+    tune_bias: bool = False,
 ) -> TuningReport:
     """Tune every site's threshold scale ``s_l`` (and φ) in place (METHODS 2.4, our design).
 
@@ -246,14 +315,17 @@ def tune_thresholds(
             block's OUTPUT (the residual stream, shortcut included) does not increase;
             otherwise put them back (``row.reverted``). Greedy per-site tuning can lower
             each site's own error yet raise the stream's, e.g. on QCFS pre-add models.
+        tune_bias: also try every candidate with the input shifted by the mean current gap
+            ``δ`` and fold a winning shift into the feeding conv's bias (module docstring).
 
     Returns a :class:`TuningReport` (per site: θ before/after, scale, φ, loss before/after).
     """
     if timesteps < 1:
         raise ConfigError(f"timesteps must be >= 1, got {timesteps}")
     scales, phis = _check_grids(grid, phi_grid if tune_phi else ())
-    cands = _candidates(scales, phis)
+    cands = _candidates(scales, phis, tune_bias)
     pairs = paired_sites(ann, snn)
+    convs = {name: feeding_conv(snn, name) if tune_bias else None for name, _, _ in pairs}
     batches = calibration_batches(calibration_images, batch_size, model_device(snn))
     snn.set_timesteps(timesteps)  # type: ignore[operator]
     segments, site_pairs = _segment_plan(ann, snn, pairs), pairs
@@ -264,10 +336,10 @@ def tune_thresholds(
     with eval_mode(ann, snn):
         if segments is None:
             inputs = [(x.to(model_device(ann)), x) for x in batches]
-            rows = [_tune_site(ann, snn, p, inputs, cands, channelwise) for p in pairs]
+            rows = [_tune_site(ann, snn, p, inputs, cands, channelwise, convs[p[0]]) for p in pairs]
         else:
             rows = _tune_by_segment(
-                segments, site_pairs, batches, (cands, channelwise, guard), timesteps
+                segments, site_pairs, batches, (cands, channelwise, guard, convs), timesteps
             )
     n_images = sum(b.shape[0] for b in batches)
     return TuningReport(rows, timesteps, channelwise, tune_phi, scales, phis, n_images)
@@ -319,14 +391,14 @@ def _tune_by_segment(
     segments: list[Segment],
     pairs: list[tuple[str, nn.Module, SpikingSite]],
     batches: list[torch.Tensor],
-    options: tuple[list[Candidate], bool, bool],
+    options: tuple[list[Candidate], bool, bool, dict[str, nn.Conv2d | None]],
     timesteps: int,
 ) -> list[TuningRow]:
     """Tune site by site, running only the current segment from cached inputs.
 
-    ``options`` = (candidates, channel-wise, block guard).
+    ``options`` = (candidates, channel-wise, block guard, feeding conv per site).
     """
-    cands, channelwise, guard = options
+    cands, channelwise, guard, convs = options
     device = model_device(segments[0][1].model)
     inputs = [(x.to(device), fold(x.unsqueeze(0).expand(timesteps, *x.shape))) for x in batches]
     by_name = {p[0]: p for p in pairs}
@@ -335,17 +407,22 @@ def _tune_by_segment(
         own = [n for n in by_name if (n.startswith(prefix) if prefix else n == "act1")]
         neurons = [by_name[n][2].neuron for n in own]
         saved = [(nr.threshold.clone(), nr.phi.clone()) for nr in neurons]
+        biases = {n: c.bias.detach().clone() for n in own if (c := convs.get(n)) is not None}
         if guard and own:
             untuned, before = _segment_outputs(seg_a, seg_s, inputs, timesteps)
         for name in own:
-            rows[name] = _tune_site(seg_a, seg_s, by_name[name], inputs, cands, channelwise)
+            rows[name] = _tune_site(
+                seg_a, seg_s, by_name[name], inputs, cands, channelwise, convs.get(name)
+            )
         tuned, after = _segment_outputs(seg_a, seg_s, inputs, timesteps)
         if guard and own and after > before:
             for name, nr, (theta, phi) in zip(own, neurons, saved, strict=True):
                 nr.threshold, nr.phi = theta, phi
+                if name in biases:
+                    convs[name].bias.data.copy_(biases[name])  # type: ignore[union-attr]
                 r = rows[name]
                 rows[name] = replace(r, theta=r.theta_init, scale=1.0, phi=phi.float().mean().item(),
-                                     loss_after=r.loss_before, reverted=True)  # fmt: skip
+                                     loss_after=r.loss_before, reverted=True, bias_shift=0.0)  # fmt: skip
             tuned = untuned
         inputs = tuned
     return [rows[p[0]] for p in pairs]

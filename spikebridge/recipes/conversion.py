@@ -144,6 +144,7 @@ def convert_run(
     max_test_images: int | None = None,
     tune_guard: bool = True,
     log: Callable[[str], None] = print,
+    tune_bias: bool = True,
 ) -> dict[str, Any]:
     """Convert an ANN run folder's model with ``method``; write and return the summary.
 
@@ -162,8 +163,9 @@ def convert_run(
     calib = calibration_images(splits, calibration_size, seed, dev) if method != "qcfs" else None
     start = time.perf_counter()
     snn = convert(
-        ann, method, calib, tune_t, percentile, 0.5, channelwise, tune_phi, tune_guard=tune_guard
-    )
+        ann, method, calib, tune_t, percentile, 0.5, channelwise, tune_phi,
+        tune_guard=tune_guard, tune_bias=tune_bias and method == "ttrbr",
+    )  # fmt: skip
     convert_s = time.perf_counter() - start
     loader = eval_loader(splits, data, seed, dev, batch_size, max_test_images)
     ann_acc = evaluate(ann, loader)["accuracy"]
@@ -174,6 +176,7 @@ def convert_run(
         "calibration_size": calibration_size if calib is not None else 0,
         "percentile": percentile, "channelwise": channelwise, "tune_phi": tune_phi,
         "tune_guard": tune_guard if method == "ttrbr" else None,
+        "tune_bias": tune_bias if method == "ttrbr" else None,
     }  # fmt: skip
     summary = {
         **options, "ann_accuracy": ann_acc, "accuracy_by_timestep": result["accuracy_by_timestep"],
@@ -303,6 +306,10 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-tune-guard", dest="tune_guard", action="store_false",
                         help="ttrbr (ours): keep every tuned threshold even where a residual "
                         "block's output error grows (default: such a block is put back)")  # fmt: skip
+    parser.add_argument("--tune-bias", action=argparse.BooleanOptionalAction, default=True,
+                        help="ttrbr (ours): also try shifting each site's input current by the "
+                        "mean ANN-SNN current gap per channel, folded into the conv bias "
+                        "(default: on)")  # fmt: skip
     parser.add_argument("--out", help="converted run folder (default: runs/<ann>-<method>-<time>)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
@@ -316,7 +323,7 @@ def run_convert(args: argparse.Namespace) -> int:
         args.ann, args.method, _timestep_list(args.timesteps), args.calibration_size,
         args.percentile, args.channelwise, args.tune_phi, args.tune_timesteps, args.out,
         args.device, args.batch_size, max_test_images=args.test_images,
-        tune_guard=args.tune_guard,
+        tune_guard=args.tune_guard, tune_bias=args.tune_bias,
     )  # fmt: skip
     print(f"run folder: {summary['run_dir']}")
     return 0

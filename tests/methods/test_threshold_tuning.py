@@ -12,7 +12,7 @@ from conversion_helpers import calibrate_bn
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import convert
 from spikebridge.methods.error_analysis import decompose_errors, quantized_rate
-from spikebridge.methods.threshold_tuning import tune_thresholds
+from spikebridge.methods.threshold_tuning import feeding_conv, tune_thresholds
 from spikebridge.models import build
 
 GRID = (0.5, 0.7, 0.85, 1.0, 1.15)
@@ -86,3 +86,74 @@ def test_grid_without_one_still_keeps_the_start_and_bad_grids_are_refused(pair) 
         tune_thresholds(ann, copy.deepcopy(robust_snn), x, 4, grid=(0.0, 1.0))
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):
         tune_thresholds(ann, copy.deepcopy(robust_snn), x, 4, tune_phi=True, phi_grid=(1.5,))
+
+
+@pytest.mark.parametrize("channelwise", [False, True])
+def test_bias_shift_never_increases_the_loss_and_is_folded_into_the_conv(pair, channelwise) -> None:  # type: ignore[no-untyped-def]
+    ann, robust_snn, x = pair
+    plain = tune_thresholds(
+        ann, copy.deepcopy(robust_snn), x, 4, grid=GRID, channelwise=channelwise
+    )
+    snn = copy.deepcopy(robust_snn)
+    report = tune_thresholds(
+        ann, snn, x, 4, grid=GRID, channelwise=channelwise, tune_bias=True, guard=False
+    )
+    assert all(r.loss_after <= r.loss_before for r in report.rows)
+    # First site, same inputs: the shifted candidates extend the unshifted search.
+    assert report.rows[0].loss_after <= plain.rows[0].loss_after + 1e-12
+    shifted = [r for r in report.rows if r.bias_shift > 0]
+    assert shifted  # the shift won somewhere on this model
+    # The shift lives in the conv biases: the tuned model alone reproduces every site's loss.
+    table = decompose_errors(ann, snn, x)
+    for row, err in zip(report.rows, table.rows, strict=True):
+        assert math.isclose(row.loss_after, err.mse, rel_tol=1e-4, abs_tol=1e-9), row.site
+    moved = [
+        n for n, m in snn.named_modules()
+        if isinstance(m, torch.nn.Conv2d)
+        and not torch.equal(m.bias, robust_snn.get_submodule(n).bias)
+    ]  # fmt: skip
+    assert moved and all(n.rsplit(".", 1)[-1].startswith("conv") for n in moved)
+
+
+def test_feeding_conv_names_the_conv_before_each_site() -> None:
+    snn = convert(
+        build("resnet20", width=0.25, block="pre-add"), "maxnorm", torch.randn(2, 3, 8, 8), 2
+    )
+    assert feeding_conv(snn, "act1") is snn.conv1
+    assert feeding_conv(snn, "stages.0.1.act2") is snn.stages[0][1].conv2
+    assert feeding_conv(snn, "stages.1.0.shortcut.act") is snn.stages[1][0].shortcut.conv
+    assert feeding_conv(snn, "stages.9.0.act1") is None
+    bottleneck = convert(build("resnet164", width=0.25), "maxnorm", torch.randn(2, 3, 8, 8), 2)
+    assert feeding_conv(bottleneck, "stages.2.3.act3") is bottleneck.stages[2][3].conv3
+
+
+def test_tune_bias_is_refused_for_other_methods(pair) -> None:  # type: ignore[no-untyped-def]
+    ann, _, x = pair
+    with pytest.raises(ConfigError, match="tune_bias"):
+        convert(ann, "robust", x, 4, tune_bias=True)
+
+
+def test_block_guard_also_puts_back_the_bias_shift(pair, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import spikebridge.methods.threshold_tuning as tt
+
+    ann, robust_snn, x = pair
+    monkeypatch.setattr(tt, "_segment_outputs", _guard_always_fires(tt._segment_outputs))
+    snn = copy.deepcopy(robust_snn)
+    report = tune_thresholds(ann, snn, x, 4, grid=GRID, tune_bias=True)
+    assert all(r.reverted and r.bias_shift == 0.0 for r in report.rows)
+    for name, m in snn.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            assert torch.equal(m.bias, robust_snn.get_submodule(name).bias), name
+
+
+def _guard_always_fires(original):  # type: ignore[no-untyped-def]
+    """Report a negative block error before tuning (calls alternate before / after per
+    block), so the guard finds every block worse after tuning and puts it back."""
+    calls = {"n": 0}
+
+    def fake(seg_a, seg_s, inputs, T):  # type: ignore[no-untyped-def]
+        outputs, sse = original(seg_a, seg_s, inputs, T)
+        calls["n"] += 1
+        return outputs, (-1.0 if calls["n"] % 2 else sse)
+
+    return fake
