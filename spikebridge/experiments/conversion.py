@@ -16,9 +16,8 @@ Spec keys (YAML top level, profiles merged over it)::
     timesteps: [1, 2, 4, 8, 16, 32]
     calibration_size: 1024          # training images for statistics / tuning
     percentile: 99.99               # robust-norm percentile
-    tune_timesteps: null            # ttrbr tuning T (default: smallest T >= 4)
-    tune_each_timestep: 8           # ttrbr: tune at EVERY reported T up to 8 (see below);
-                                    # null = one conversion tuned at tune_timesteps
+    tune_timesteps: [4, 8]          # ttrbr tuning T: one value = one conversion (null: the
+                                    # smallest T >= 4); a list = one conversion per value
     test_images: null               # evaluate on the first N test images (null = all)
     tune_guard: true                # ttrbr: put back a block whose output error grows
     tune_phi: false                 # ttrbr: also tune φ; channelwise: false = layer-wise θ
@@ -29,11 +28,12 @@ Spec keys (YAML top level, profiles merged over it)::
                                     # (model, block), with their options
     device: auto
 
-``ttrbr`` tunes at the T it is deployed at (METHODS 2.4), so with ``tune_each_timestep: M``
-its row holds, for every reported ``t <= M``, the accuracy of a conversion tuned at ``t``
-(folders ``...-ttrbr-t<t>``, each simulated up to ``t``; the one tuned at the largest such
-``t`` runs up to the largest T and gives the cells above ``M``). Every other method's row is
-one conversion, one pass.
+``ttrbr`` tunes at the T it is deployed at (METHODS 2.4). With a list ``tune_timesteps: [4,
+8]`` it is converted once per listed T (folders ``...-ttrbr-t<T>``): cell ``t`` of its row
+comes from the conversion tuned at the smallest listed T ``>= t`` (t = 1..4 from the one
+tuned at 4, 5..8 from 8), and the one tuned at the largest listed T also gives every cell
+above it. Each is simulated only as far as it serves. Every other method's row is one
+conversion, one pass.
 
 Writes ``anns/<model>-<block>-<act>/``, ``conversions/<...>-<method>/`` (converted run
 folders, also reused when finished), ``results.md``, ``results.json`` and ``accuracy_vs_t.png``.
@@ -106,17 +106,21 @@ def _convert(
 ) -> dict[str, Any]:
     """Convert (or reuse) one ANN with one method; returns the (combined) summary."""
     timesteps = spec.get("timesteps") or DEFAULT_TIMESTEPS
-    each = spec.get("tune_each_timestep")
-    if method != "ttrbr" or not each or not any(t <= int(each) for t in timesteps):
+    tune = spec.get("tune_timesteps")
+    if method != "ttrbr" or not isinstance(tune, list) or len(tune) < 2:
+        if isinstance(tune, list):
+            spec = {**spec, "tune_timesteps": tune[0] if tune else None}
         name = f"{ann_dir.name}-{method}"
         return _convert_once(spec, out_dir / "conversions" / name, ann_dir, method, log)
-    tune_ts = sorted(t for t in timesteps if t <= int(each))
+    tune_ts = sorted({int(t) for t in tune})
     parts = {}
-    for t in tune_ts:  # the conversion tuned at the largest t also runs to max(timesteps)
+    for i, t in enumerate(tune_ts):  # the last one also runs to max(timesteps)
         run_dir = out_dir / "conversions" / f"{ann_dir.name}-ttrbr-t{t}"
         upto = max(timesteps) if t == tune_ts[-1] else t
+        low = tune_ts[i - 1] if i else 0
+        wanted = [u for u in timesteps if low < u <= upto] or [t]
         parts[t] = _convert_once({**spec, "tune_timesteps": t}, run_dir, ann_dir, method, log,
-                                 timesteps=[u for u in timesteps if u <= upto])  # fmt: skip
+                                 timesteps=sorted({*wanted, t}))  # fmt: skip
     return combine_per_timestep(parts)
 
 
@@ -241,7 +245,7 @@ def results_markdown(rows: list[dict], timesteps: list[int], spec: dict[str, Any
         ann = "n/a" if r["ann_accuracy"] is None else f"{100 * r['ann_accuracy']:.2f}"
         method = r["method"]
         if isinstance(r.get("tune_timesteps"), list):
-            method += f" (tuned at each T <= {max(r['tune_timesteps'])})"
+            method += f" (tuned at T = {', '.join(map(str, r['tune_timesteps']))})"
         cells = [r["model"], r["block"], r["activation"], ann, method]
         if r["accuracy"] is None:
             cells += [r["error"]] + [""] * (len(timesteps) - 1)

@@ -90,7 +90,7 @@ def test_ttrbr_is_tuned_at_each_timestep(finished):
     out = run_experiment(
         root / "tiny.yaml", "cpu", root / "out", log=quiet,
         overrides=parse_overrides(["methods=[ttrbr]", "activations.relu=null",
-                                   "tune_each_timestep=2"]),
+                                   "tune_timesteps=[1, 2]"]),
     )  # fmt: skip
     (row,) = out["rows"]
     assert row["tune_timesteps"] == [1, 2]
@@ -102,7 +102,7 @@ def test_ttrbr_is_tuned_at_each_timestep(finished):
     assert row["accuracy_by_timestep"] == {"1": t1["accuracy_by_timestep"]["1"],
                                            **{k: v for k, v in t2["accuracy_by_timestep"].items()
                                               if k != "1"}}  # fmt: skip
-    assert "ttrbr (tuned at each T <= 2)" in (root / "out" / "results.md").read_text()
+    assert "ttrbr (tuned at T = 1, 2)" in (root / "out" / "results.md").read_text()
 
 
 def test_combine_per_timestep_takes_each_cell_from_the_nearest_tuning_at_or_above():
