@@ -17,7 +17,8 @@ Thresholds ``θ_l`` per method (METHODS 2.6 baselines, 2.4 ours):
 - ``qcfs`` (Bu et al. 2022): ``θ_l = λ_l`` of the ANN's Clip / QCFS site, ``φ = 0.5``;
 - ``ttrbr`` (**our design** on the TTRBR abstract): ``λ`` for clip/qcfs sites, the robust
   percentile for ReLU sites, then :func:`~spikebridge.methods.threshold_tuning.tune_thresholds`
-  at the target T. Residual block restructuring (METHODS 2.5, our design) is the ANN's
+  at the target T (threshold scale per site, and by default a per-channel bias shift of the
+  site's input current folded into the conv before it). Residual block restructuring (METHODS 2.5, our design) is the ANN's
   ``block="pre-add"``, which the twin inherits.
 
 For clip/qcfs sites the statistics are capped at ``λ`` (the ANN never outputs more).

@@ -86,6 +86,10 @@ def _backward_kernel(
 
 
 _COMPILED: dict[str, Callable[..., Any]] = {}
+RECOMPILE_LIMIT = 64
+"""torch.compile variants allowed per kernel. A converted network meets many (scalar or
+per-channel θ and φ, IF or LIF flags, size-1 dims); at torch's default of 8 a resnet110
+conversion ran its later sites eagerly, several times slower. Raised, never lowered."""
 
 
 def _compile_enabled() -> bool:
@@ -98,6 +102,10 @@ def _kernel(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn
     if name not in _COMPILED:
         try:
+            dynamo = torch._dynamo.config
+            for key in ("recompile_limit", "cache_size_limit"):
+                if getattr(dynamo, key, RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
+                    setattr(dynamo, key, RECOMPILE_LIMIT)
             _COMPILED[name] = torch.compile(fn, dynamic=True)
         except Exception as exc:  # pragma: no cover - depends on the platform's compiler
             warnings.warn(
