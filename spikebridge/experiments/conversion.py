@@ -23,6 +23,8 @@ Spec keys (YAML top level, profiles merged over it)::
     tune_phi: false                 # ttrbr: also tune φ; channelwise: false = layer-wise θ
     tune_bias: true                 # ttrbr: also try the per-channel input-current shift
     skip: {resnet110-post-add-qcfs: "why"}  # arms not run; the table says why
+    collect_only: false             # true: train / convert nothing, tabulate what the folder
+                                    # holds (slices run in parallel, then one table)
     train: {epochs: 3, width: 0.5, subset: 6000, ...}   # train_run options of every ANN
     activations: {relu: {}, qcfs: {qcfs_levels: 8, threshold: 2.0}}  # the ANNs to train per
                                     # (model, block), with their options
@@ -88,6 +90,8 @@ def _ann(
     if (run_dir / ckpt.SUMMARY_FILE).is_file():
         log(f"reusing ANN {run_dir}")
         return run_dir
+    if spec.get("collect_only"):
+        raise NotRunError(f"ANN {run_dir.name} was not trained")
     overrides = {
         "dataset": spec.get("dataset", "fashion-mnist"), "model": model, "block": block,
         "activation": act, "progress": False, "device": spec.get("device", "auto"),
@@ -107,9 +111,7 @@ def _convert(
     """Convert (or reuse) one ANN with one method; returns the (combined) summary."""
     timesteps = spec.get("timesteps") or DEFAULT_TIMESTEPS
     tune = spec.get("tune_timesteps")
-    if method != "ttrbr" or not isinstance(tune, list) or len(tune) < 2:
-        if isinstance(tune, list):
-            spec = {**spec, "tune_timesteps": tune[0] if tune else None}
+    if method != "ttrbr" or not isinstance(tune, list) or not tune:
         name = f"{ann_dir.name}-{method}"
         return _convert_once(spec, out_dir / "conversions" / name, ann_dir, method, log)
     tune_ts = sorted({int(t) for t in tune})
@@ -119,8 +121,13 @@ def _convert(
         upto = max(timesteps) if t == tune_ts[-1] else t
         low = tune_ts[i - 1] if i else 0
         wanted = [u for u in timesteps if low < u <= upto] or [t]
-        parts[t] = _convert_once({**spec, "tune_timesteps": t}, run_dir, ann_dir, method, log,
-                                 timesteps=sorted({*wanted, t}))  # fmt: skip
+        try:
+            parts[t] = _convert_once({**spec, "tune_timesteps": t}, run_dir, ann_dir, method,
+                                     log, timesteps=sorted({*wanted, t}))  # fmt: skip
+        except NotRunError:
+            continue
+    if not parts:
+        raise NotRunError(f"no ttrbr conversion of {ann_dir.name} in the folder")
     return combine_per_timestep(parts)
 
 
@@ -149,6 +156,8 @@ def _convert_once(
     """One conversion into ``run_dir`` (reused when finished)."""
     if (run_dir / ckpt.SUMMARY_FILE).is_file():
         return ckpt.read_json(run_dir / ckpt.SUMMARY_FILE)
+    if spec.get("collect_only"):
+        raise NotRunError(f"{run_dir.name} was not run")
     if (run_dir / ckpt.CONFIG_FILE).is_file():  # an interrupted conversion: start it again
         (run_dir / ckpt.CONFIG_FILE).unlink()
     log(f"converting {ann_dir.name} with {method} into {run_dir.name}")
@@ -163,12 +172,16 @@ def _convert_once(
     )  # fmt: skip
 
 
+class NotRunError(SpikebridgeError):
+    """A finished ANN or conversion is missing and ``collect_only`` forbids making it."""
+
+
 def _row(arm: tuple[str, str, str], summary: dict[str, Any], timesteps: list[int]) -> dict:
     by_t = summary["accuracy_by_timestep"]
     return {
         "model": arm[0], "block": arm[1], "activation": arm[2], "method": summary["method"],
         "ann_accuracy": summary["ann_accuracy"],
-        "accuracy": {str(t): by_t[str(t)] for t in timesteps},
+        "accuracy": {str(t): by_t.get(str(t)) for t in timesteps},  # None: not simulated
         "accuracy_by_timestep": by_t, "run_dir": summary["run_dir"],
         "tune_timesteps": summary.get("tune_timesteps"),
         "convert_time_s": summary.get("convert_time_s"),
@@ -182,6 +195,9 @@ def _safe_row(
     arm, method = what
     try:
         return _row(arm, _convert(spec, out_dir, ann_dir, method, log), spec["timesteps"])
+    except NotRunError as exc:
+        ann = ckpt.read_json(ann_dir / ckpt.SUMMARY_FILE).get("test_accuracy")
+        return _error_row(arm, method, ann, f"not run: {exc}")
     except SpikebridgeError as exc:
         log(f"conversion {ann_dir.name} {method} failed: {exc}")
         ann = ckpt.read_json(ann_dir / ckpt.SUMMARY_FILE).get("test_accuracy")
@@ -218,7 +234,11 @@ def run_conversion(spec: dict[str, Any], out_dir: Path, log: Callable[[str], Non
                 if reason:
                     rows += [_error_row(arm, m, None, f"not run: {reason}") for m in wanted]
                     continue
-                ann_dir = _ann(spec, out_dir, arm, log)
+                try:
+                    ann_dir = _ann(spec, out_dir, arm, log)
+                except NotRunError as exc:
+                    rows += [_error_row(arm, m, None, f"not run: {exc}") for m in wanted]
+                    continue
                 rows += [_safe_row(spec, out_dir, ann_dir, (arm, m), log) for m in wanted]
     results = {"rows": rows, "timesteps": timesteps, "profile": spec.get("profile"),
                "wall_time_s": time.perf_counter() - start, "spec": spec}  # fmt: skip
@@ -250,9 +270,13 @@ def results_markdown(rows: list[dict], timesteps: list[int], spec: dict[str, Any
         if r["accuracy"] is None:
             cells += [r["error"]] + [""] * (len(timesteps) - 1)
         else:
-            cells += [f"{100 * r['accuracy'][str(t)]:.2f}" for t in timesteps]
+            cells += [_percent(r["accuracy"][str(t)]) for t in timesteps]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
 
 
 def plot_accuracy(rows: list[dict], path: Path) -> Path:

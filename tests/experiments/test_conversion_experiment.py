@@ -83,6 +83,19 @@ def test_rerun_reuses_finished_anns_and_conversions(finished, monkeypatch):
         ("relu", "not run: collapses")
     ]
     assert "not run: collapses" in (root / "out2" / "results.md").read_text()
+    # collect_only: tabulate what the folder holds, never train or convert
+    collected = run_experiment(
+        root / "tiny.yaml", "cpu", root / "out", log=quiet,
+        overrides=parse_overrides(["collect_only=true", "methods=[maxnorm, robust, qcfs]",
+                                   "models=[resnet20, resnet56]"]),
+    )  # fmt: skip
+    got = [(r["model"], r["activation"], r["method"], r.get("error", "")[:7])
+           for r in collected["rows"]]  # fmt: skip
+    assert got == [
+        ("resnet20", "relu", "maxnorm", "not run"), ("resnet20", "relu", "robust", ""),
+        ("resnet20", "qcfs", "qcfs", ""), ("resnet56", "relu", "maxnorm", "not run"),
+        ("resnet56", "relu", "robust", "not run"), ("resnet56", "qcfs", "qcfs", "not run"),
+    ]  # fmt: skip
 
 
 def test_ttrbr_is_tuned_at_each_timestep(finished):
