@@ -112,6 +112,8 @@ def _convert(
     timesteps = spec.get("timesteps") or DEFAULT_TIMESTEPS
     tune = spec.get("tune_timesteps")
     if method != "ttrbr" or not isinstance(tune, list) or not tune:
+        if isinstance(tune, list):  # a tuning list means nothing to the other methods
+            spec = {**spec, "tune_timesteps": None}
         name = f"{ann_dir.name}-{method}"
         return _convert_once(spec, out_dir / "conversions" / name, ann_dir, method, log)
     tune_ts = sorted({int(t) for t in tune})

@@ -101,13 +101,14 @@ def test_rerun_reuses_finished_anns_and_conversions(finished, monkeypatch):
 def test_ttrbr_is_tuned_at_each_timestep(finished):
     root, _ = finished
     out = run_experiment(
-        root / "tiny.yaml", "cpu", root / "out", log=quiet,
-        overrides=parse_overrides(["methods=[ttrbr]", "activations.relu=null",
+        root / "tiny.yaml", "cpu", root / "out3", log=quiet,
+        overrides=parse_overrides(["methods=[qcfs, ttrbr]", "activations.relu=null",
                                    "tune_timesteps=[1, 2]"]),
     )  # fmt: skip
-    (row,) = out["rows"]
+    qcfs_row, row = out["rows"]  # the tuning list leaves the other methods alone
+    assert qcfs_row["method"] == "qcfs" and qcfs_row["tune_timesteps"] is None
     assert row["tune_timesteps"] == [1, 2]
-    conv = root / "out" / "conversions"
+    conv = root / "out3" / "conversions"
     t1 = json.loads((conv / "resnet20-pre-add-qcfs-ttrbr-t1" / "summary.json").read_text())
     t2 = json.loads((conv / "resnet20-pre-add-qcfs-ttrbr-t2" / "summary.json").read_text())
     assert (t1["tune_timesteps"], t2["tune_timesteps"]) == (1, 2)
@@ -115,7 +116,7 @@ def test_ttrbr_is_tuned_at_each_timestep(finished):
     assert row["accuracy_by_timestep"] == {"1": t1["accuracy_by_timestep"]["1"],
                                            **{k: v for k, v in t2["accuracy_by_timestep"].items()
                                               if k != "1"}}  # fmt: skip
-    assert "ttrbr (tuned at T = 1, 2)" in (root / "out" / "results.md").read_text()
+    assert "ttrbr (tuned at T = 1, 2)" in (root / "out3" / "results.md").read_text()
 
 
 def test_combine_per_timestep_takes_each_cell_from_the_nearest_tuning_at_or_above():
