@@ -22,6 +22,8 @@ Spec keys (YAML top level, profiles merged over it)::
     tune_guard: true                # ttrbr: put back a block whose output error grows
     tune_phi: false                 # ttrbr: also tune φ; channelwise: false = layer-wise θ
     tune_bias: true                 # ttrbr: also try the per-channel input-current shift
+    compensate_stream: false        # ttrbr, pre-add: each block's last site corrects the
+                                    # residual stream's error (METHODS 2.4, ours)
     skip: {resnet110-post-add-qcfs: "why"}  # arms not run; the table says why
     collect_only: false             # true: train / convert nothing, tabulate what the folder
                                     # holds (slices run in parallel, then one table)
@@ -171,6 +173,7 @@ def _convert_once(
         max_test_images=spec.get("test_images"),
         tune_guard=bool(spec.get("tune_guard", True)), log=log,
         tune_bias=bool(spec.get("tune_bias", True)),
+        compensate_stream=bool(spec.get("compensate_stream", False)),
     )  # fmt: skip
 
 

@@ -116,8 +116,9 @@ def _check_args(method: str, timesteps: int, percentile: float, phi: float, **fl
         raise ConfigError("channelwise thresholds need method maxnorm, robust or ttrbr, not qcfs")
     if method != "ttrbr" and flags["tune_phi"]:
         raise ConfigError(f"tune_phi applies to method 'ttrbr' only, not {method!r}")
-    if method != "ttrbr" and flags.get("tune_bias"):
-        raise ConfigError(f"tune_bias applies to method 'ttrbr' only, not {method!r}")
+    for flag in ("tune_bias", "compensate_stream"):
+        if method != "ttrbr" and flags.get(flag):
+            raise ConfigError(f"{flag} applies to method 'ttrbr' only, not {method!r}")
 
 
 # --------------------------------------------------------------------------- BN folding
@@ -381,6 +382,7 @@ def convert(
     progress: bool = False,
     tune_guard: bool = True,
     tune_bias: bool | None = None,
+    compensate_stream: bool = False,
 ) -> ResNet:
     """Convert a ResNet ANN into a NEW IF spiking ResNet (see the module docstring).
 
@@ -398,6 +400,8 @@ def convert(
             not grow; ``tune_bias`` also tries a per-channel shift of each site's input
             current, folded into the feeding conv's bias; None = on for ``ttrbr``: on a
             resnet110 QCFS ANN it moved T=4 accuracy from 85.5 to 86.4 %, docs/RESULTS.md).
+        compensate_stream: (``ttrbr``, pre-add ResNets) the last site of each block also
+            corrects the residual stream's error (see ``tune_thresholds``).
 
     Returns the spiking model (eval mode) with ``.config`` (rebuild with
     :func:`build_converted`) and ``.conversion_report`` (:class:`ConversionReport`).
@@ -405,7 +409,7 @@ def convert(
     _check_args(
         method, timesteps, percentile, phi,
         channelwise=channelwise, tune_phi=tune_phi, has_data=calibration_data is not None,
-        tune_bias=bool(tune_bias),
+        tune_bias=bool(tune_bias), compensate_stream=compensate_stream,
     )  # fmt: skip
     tune_bias = method == "ttrbr" if tune_bias is None else tune_bias
     cfg = check_convertible(ann)
@@ -421,6 +425,7 @@ def convert(
         tuning = tune_thresholds(
             ann, snn, batches, timesteps, grid, channelwise, tune_phi,
             progress=progress, guard=tune_guard, tune_bias=tune_bias,
+            compensate_stream=compensate_stream,
         )  # fmt: skip
     uses_percentile = method == "robust" or method == "ttrbr"
     report = ConversionReport(

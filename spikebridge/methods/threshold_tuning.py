@@ -29,6 +29,14 @@ to the bias of the (BN-folded) conv that feeds the site, so the converted model 
 conv + IF network. This is the bias correction of Li et al. (ICML 2021) offered to the same
 per-site search instead of applied unconditionally.
 
+Stream target (``compensate_stream``, also ours, ResNets with ``pre-add`` blocks): the last
+branch site of a pre-add block feeds a sum with the identity path, so the block's output
+error is that site's error plus the error the residual stream already carries. With this
+option that site's target becomes ``a_l + (s_a − mean_t s_s)``, ``s`` the shortcut's output
+(ANN / SNN), so the site corrects the stream instead of passing its error on: the residual
+stream's error stays bounded instead of adding up over 50+ blocks (METHODS 2.5). The shortcut's
+own site (a projection) is tuned first so the gap is the final one.
+
 Guarantee: scale 1 (with the current φ, unshifted) is always a candidate and is tried first,
 so the chosen value never has a larger calibration loss than the one the site started with
 (``loss_after <= loss_before`` per row). Channel-wise tuning picks the scale per channel;
@@ -54,7 +62,7 @@ from spikebridge.methods.error_analysis import (
     model_device,
     paired_sites,
 )
-from spikebridge.models.resnet import ResNet
+from spikebridge.models.resnet import Bottleneck, ResNet
 from spikebridge.nn.neurons import SpikingNeuron
 from spikebridge.nn.temporal import SpikingSite, fold, unfold
 
@@ -153,6 +161,13 @@ def _sse_per_channel(probe: SpikingNeuron, u: torch.Tensor, a: torch.Tensor) -> 
 Inputs = list[tuple[torch.Tensor, torch.Tensor]]  # per chunk: (ANN input, SNN input)
 
 
+Gaps = list[torch.Tensor] | None  # per chunk: stream gap added to the site's target
+
+
+def _with_gap(x: torch.Tensor, gaps: Gaps, i: int) -> torch.Tensor:
+    return x if gaps is None else x + gaps[i]
+
+
 def _site_sse(
     ann: nn.Module,
     snn: nn.Module,
@@ -160,17 +175,19 @@ def _site_sse(
     inputs: Inputs,
     probes: list[tuple[SpikingNeuron, bool]],
     delta: torch.Tensor | None = None,
+    gaps: Gaps = None,
 ) -> tuple[torch.Tensor, int]:
     """Summed squared error ``[K, C]`` of every candidate probe over the calibration chunks.
 
     ``ann`` / ``snn`` are the whole models (inputs = images) or one segment of each
     (inputs = the cached segment inputs, ``[B, ...]`` and ``[T*B, ...]``). A probe marked
-    shifted sees the currents plus the per-channel ``delta``.
+    shifted sees the currents plus the per-channel ``delta``; ``gaps`` (compensate_stream)
+    are added to the ANN activation that is the target.
     """
     ann_site, snn_site = sites
     sse, count = None, 0
-    for xa, xs in inputs:
-        a = capture(ann, ann_site, xa, "output").to(xs.device)
+    for i, (xa, xs) in enumerate(inputs):
+        a = _with_gap(capture(ann, ann_site, xa, "output").to(xs.device), gaps, i)
         u = unfold(capture(snn, snn_site, xs, "input"), snn_site.timesteps)
         shifted = u if delta is None else u + _per_channel(delta, u.dim() - 1)
         part = torch.stack([_sse_per_channel(p, shifted if sh else u, a) for p, sh in probes])
@@ -187,14 +204,19 @@ def _per_channel(values: torch.Tensor, dims: int) -> torch.Tensor:
 
 
 def _mean_current_gap(
-    ann: nn.Module, snn: nn.Module, sites: tuple[nn.Module, SpikingSite], inputs: Inputs
+    ann: nn.Module,
+    snn: nn.Module,
+    sites: tuple[nn.Module, SpikingSite],
+    inputs: Inputs,
+    gaps: Gaps = None,
 ) -> torch.Tensor:
-    """``δ_c = mean(z − mean_t u)`` per channel: ANN pre-activation minus the SNN's
-    time-averaged input current at the site (the bias shift of ``tune_bias``)."""
+    """``δ_c = mean(z (+ gap) − mean_t u)`` per channel: ANN pre-activation (plus the stream
+    gap under compensate_stream) minus the SNN's time-averaged input current at the site (the
+    bias shift of ``tune_bias``)."""
     ann_site, snn_site = sites
     total, count = None, 0
-    for xa, xs in inputs:
-        z = capture(ann, ann_site, xa, "input").to(xs.device)
+    for i, (xa, xs) in enumerate(inputs):
+        z = _with_gap(capture(ann, ann_site, xa, "input").to(xs.device), gaps, i)
         u = unfold(capture(snn, snn_site, xs, "input"), snn_site.timesteps).mean(0)
         gap = (z - u).double().sum(dim=[d for d in range(z.dim()) if d != 1])
         total = gap if total is None else total + gap
@@ -254,19 +276,21 @@ def _tune_site(
     cands: list[Candidate],
     channelwise: bool,
     conv: nn.Conv2d | None = None,
+    gaps: Gaps = None,
 ) -> TuningRow:
-    """Tune one site; with a feeding ``conv``, shifted candidates are tried too (tune_bias)."""
+    """Tune one site; with a feeding ``conv``, shifted candidates are tried too (tune_bias);
+    with ``gaps`` the target is the ANN activation plus the stream gap (compensate_stream)."""
     name, ann_site, snn_site = sites
     neuron = snn_site.neuron
     theta0, phi0 = neuron.threshold.clone(), neuron.phi.clone()
     if conv is None:
         cands = [c for c in cands if not c[2]]
-    delta = _mean_current_gap(ann, snn, (ann_site, snn_site), inputs) if conv else None
+    delta = _mean_current_gap(ann, snn, (ann_site, snn_site), inputs, gaps) if conv else None
     probes = [
         (_probe(neuron, theta0 * s, phi0 if p is None else torch.full_like(phi0, p)), sh)
         for s, p, sh in cands
     ]
-    sse, count = _site_sse(ann, snn, (ann_site, snn_site), inputs, probes, delta)
+    sse, count = _site_sse(ann, snn, (ann_site, snn_site), inputs, probes, delta, gaps)
     scale, loss, phi, shifted = _apply_choice(snn_site, cands, sse, channelwise)
     applied = 0.0
     if conv is not None and delta is not None and bool(shifted.any()):
@@ -298,6 +322,7 @@ def tune_thresholds(
     progress: bool = False,
     guard: bool = True,
     tune_bias: bool = False,
+    compensate_stream: bool = False,
 ) -> TuningReport:
     """Tune every site's threshold scale ``s_l`` (and φ) in place (METHODS 2.4, our design).
 
@@ -317,11 +342,19 @@ def tune_thresholds(
             each site's own error yet raise the stream's, e.g. on QCFS pre-add models.
         tune_bias: also try every candidate with the input shifted by the mean current gap
             ``δ`` and fold a winning shift into the feeding conv's bias (module docstring).
+        compensate_stream: (ResNets, pre-add blocks) the last branch site of each block
+            targets the ANN activation plus the residual stream's gap, so it corrects the
+            error the identity path carries (module docstring). Its row's losses are then
+            measured against that target.
 
     Returns a :class:`TuningReport` (per site: θ before/after, scale, φ, loss before/after).
     """
     if timesteps < 1:
         raise ConfigError(f"timesteps must be >= 1, got {timesteps}")
+    if compensate_stream and not (isinstance(ann, ResNet) and isinstance(snn, ResNet)):
+        raise ConfigError(
+            "compensate_stream needs spikebridge ResNets (it follows the residual stream)"
+        )
     scales, phis = _check_grids(grid, phi_grid if tune_phi else ())
     cands = _candidates(scales, phis, tune_bias)
     pairs = paired_sites(ann, snn)
@@ -338,9 +371,8 @@ def tune_thresholds(
             inputs = [(x.to(model_device(ann)), x) for x in batches]
             rows = [_tune_site(ann, snn, p, inputs, cands, channelwise, convs[p[0]]) for p in pairs]
         else:
-            rows = _tune_by_segment(
-                segments, site_pairs, batches, (cands, channelwise, guard, convs), timesteps
-            )
+            options = (cands, channelwise, guard, convs, compensate_stream)
+            rows = _tune_by_segment(segments, site_pairs, batches, options, timesteps)
     n_images = sum(b.shape[0] for b in batches)
     return TuningReport(rows, timesteps, channelwise, tune_phi, scales, phis, n_images)
 
@@ -387,32 +419,56 @@ def _segment_outputs(seg_a: Any, seg_s: Any, inputs: Inputs, T: int) -> tuple[In
     return outputs, sse
 
 
+def stream_site(prefix: str, block: Any) -> str | None:
+    """Name of the last branch site of a ``pre-add`` block (the one added to the identity
+    path), or None for the stem and post-add blocks (their last site IS the stream)."""
+    if getattr(block, "structure", None) != "pre-add":
+        return None
+    return prefix + ("act3" if isinstance(block, Bottleneck) else "act2")
+
+
+def _stream_gaps(seg_a: Any, seg_s: Any, inputs: Inputs, T: int) -> list[torch.Tensor]:
+    """Per chunk, ``shortcut_ann(x) − mean_t shortcut_snn(x)``: the error the block's identity
+    path brings to its sum (compensate_stream)."""
+    gaps = []
+    for xa, xs in inputs:
+        sa = xa if seg_a.shortcut is None else seg_a.shortcut(xa)
+        ss = xs if seg_s.shortcut is None else seg_s.shortcut(xs)
+        gaps.append(sa.to(xs.device) - unfold(ss, T).mean(0))
+    return gaps
+
+
 def _tune_by_segment(
     segments: list[Segment],
     pairs: list[tuple[str, nn.Module, SpikingSite]],
     batches: list[torch.Tensor],
-    options: tuple[list[Candidate], bool, bool, dict[str, nn.Conv2d | None]],
+    options: tuple[list[Candidate], bool, bool, dict[str, nn.Conv2d | None], bool],
     timesteps: int,
 ) -> list[TuningRow]:
     """Tune site by site, running only the current segment from cached inputs.
 
-    ``options`` = (candidates, channel-wise, block guard, feeding conv per site).
+    ``options`` = (candidates, channel-wise, block guard, feeding conv per site,
+    compensate the stream).
     """
-    cands, channelwise, guard, convs = options
+    cands, channelwise, guard, convs, compensate = options
     device = model_device(segments[0][1].model)
     inputs = [(x.to(device), fold(x.unsqueeze(0).expand(timesteps, *x.shape))) for x in batches]
     by_name = {p[0]: p for p in pairs}
     rows = {}
     for prefix, seg_a, seg_s in segments:
         own = [n for n in by_name if (n.startswith(prefix) if prefix else n == "act1")]
+        last = stream_site(prefix, seg_s) if compensate else None
+        if last in own:  # tuned last, once the shortcut's own site (if any) is final
+            own = [n for n in own if n != last] + [last]
         neurons = [by_name[n][2].neuron for n in own]
         saved = [(nr.threshold.clone(), nr.phi.clone()) for nr in neurons]
         biases = {n: c.bias.detach().clone() for n in own if (c := convs.get(n)) is not None}
         if guard and own:
             untuned, before = _segment_outputs(seg_a, seg_s, inputs, timesteps)
         for name in own:
+            gaps = _stream_gaps(seg_a, seg_s, inputs, timesteps) if name == last else None
             rows[name] = _tune_site(
-                seg_a, seg_s, by_name[name], inputs, cands, channelwise, convs.get(name)
+                seg_a, seg_s, by_name[name], inputs, cands, channelwise, convs.get(name), gaps
             )
         tuned, after = _segment_outputs(seg_a, seg_s, inputs, timesteps)
         if guard and own and after > before:

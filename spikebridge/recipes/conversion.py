@@ -145,6 +145,7 @@ def convert_run(
     tune_guard: bool = True,
     log: Callable[[str], None] = print,
     tune_bias: bool = True,
+    compensate_stream: bool = False,
 ) -> dict[str, Any]:
     """Convert an ANN run folder's model with ``method``; write and return the summary.
 
@@ -165,6 +166,7 @@ def convert_run(
     snn = convert(
         ann, method, calib, tune_t, percentile, 0.5, channelwise, tune_phi,
         tune_guard=tune_guard, tune_bias=tune_bias and method == "ttrbr",
+        compensate_stream=compensate_stream and method == "ttrbr",
     )  # fmt: skip
     convert_s = time.perf_counter() - start
     loader = eval_loader(splits, data, seed, dev, batch_size, max_test_images)
@@ -177,6 +179,7 @@ def convert_run(
         "percentile": percentile, "channelwise": channelwise, "tune_phi": tune_phi,
         "tune_guard": tune_guard if method == "ttrbr" else None,
         "tune_bias": tune_bias if method == "ttrbr" else None,
+        "compensate_stream": compensate_stream if method == "ttrbr" else None,
     }  # fmt: skip
     summary = {
         **options, "ann_accuracy": ann_acc, "accuracy_by_timestep": result["accuracy_by_timestep"],
@@ -310,6 +313,10 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ttrbr (ours): also try shifting each site's input current by the "
                         "mean ANN-SNN current gap per channel, folded into the conv bias "
                         "(default: on)")  # fmt: skip
+    parser.add_argument("--compensate-stream", action=argparse.BooleanOptionalAction,
+                        default=False,
+                        help="ttrbr (ours), pre-add ResNets: each block's last site also "
+                        "corrects the error the residual stream carries (default: off)")  # fmt: skip
     parser.add_argument("--out", help="converted run folder (default: runs/<ann>-<method>-<time>)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
@@ -324,6 +331,7 @@ def run_convert(args: argparse.Namespace) -> int:
         args.percentile, args.channelwise, args.tune_phi, args.tune_timesteps, args.out,
         args.device, args.batch_size, max_test_images=args.test_images,
         tune_guard=args.tune_guard, tune_bias=args.tune_bias,
+        compensate_stream=args.compensate_stream,
     )  # fmt: skip
     print(f"run folder: {summary['run_dir']}")
     return 0

@@ -11,9 +11,10 @@ from conversion_helpers import calibrate_bn
 
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import convert
-from spikebridge.methods.error_analysis import decompose_errors, quantized_rate
+from spikebridge.methods.error_analysis import capture, decompose_errors, quantized_rate
 from spikebridge.methods.threshold_tuning import feeding_conv, tune_thresholds
 from spikebridge.models import build
+from spikebridge.nn.temporal import unfold
 
 GRID = (0.5, 0.7, 0.85, 1.0, 1.15)
 
@@ -157,3 +158,51 @@ def _guard_always_fires(original):  # type: ignore[no-untyped-def]
         return outputs, (-1.0 if calls["n"] % 2 else sse)
 
     return fake
+
+
+@pytest.fixture(scope="module")
+def pre_add_pair():  # type: ignore[no-untyped-def]
+    torch.manual_seed(2)
+    ann = build("resnet20", width=0.25, block="pre-add")
+    x = torch.randn(10, 3, 16, 16)
+    calibrate_bn(ann, x)
+    return ann, convert(ann, "robust", x, 4), x
+
+
+def test_compensated_stream_site_loss_is_the_block_output_error(pre_add_pair) -> None:  # type: ignore[no-untyped-def]
+    # r − (a + s_a − mean_t s_s) = (r + mean_t s_s) − (a + s_a): the stream site's loss is the
+    # error of its block's output, which no later site changes. Projection blocks included,
+    # so their shortcut site must have been tuned before the stream site.
+    ann, robust_snn, x = pre_add_pair
+    snn = copy.deepcopy(robust_snn)
+    report = tune_thresholds(
+        ann, snn, x, 4, grid=GRID, tune_bias=True, guard=False, compensate_stream=True
+    )
+    rows = {r.site: r for r in report.rows}
+    assert all(r.loss_after <= r.loss_before for r in report.rows)
+    for i, stage in enumerate(snn.stages):
+        for j, block in enumerate(stage):
+            with torch.no_grad():
+                y_ann = capture(ann, ann.stages[i][j], x, "output")
+                y_snn = unfold(capture(snn, block, x, "output"), 4).mean(0)
+            mse = (y_snn - y_ann).square().mean().item()
+            assert math.isclose(rows[f"stages.{i}.{j}.act2"].loss_after, mse, rel_tol=1e-4), (i, j)
+    plain = tune_thresholds(ann, copy.deepcopy(robust_snn), x, 4, grid=GRID, tune_bias=True)
+    assert report.rows != plain.rows  # the target really changed
+
+
+def test_compensate_stream_is_a_no_op_on_post_add_blocks(pair) -> None:  # type: ignore[no-untyped-def]
+    ann, robust_snn, x = pair  # post-add: the last site's output IS the stream
+    a, b = copy.deepcopy(robust_snn), copy.deepcopy(robust_snn)
+    tune_thresholds(ann, a, x, 4, grid=GRID, tune_bias=True)
+    tune_thresholds(ann, b, x, 4, grid=GRID, tune_bias=True, compensate_stream=True)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_compensate_stream_is_refused_where_it_cannot_apply(pair) -> None:  # type: ignore[no-untyped-def]
+    ann, robust_snn, x = pair
+    with pytest.raises(ConfigError, match="compensate_stream"):
+        convert(ann, "qcfs", x, 4, compensate_stream=True)
+    with pytest.raises(ConfigError, match="ResNets"):
+        tune_thresholds(torch.nn.Sequential(ann), robust_snn, x, 4, compensate_stream=True)

@@ -80,8 +80,8 @@ def test_block_guard_never_lets_a_block_output_error_grow(monkeypatch) -> None: 
     start = {n: s.neuron.threshold.clone() for n, s in snn_sites(snn)}
     original = tt._tune_site
 
-    def sabotage(seg_a, seg_s, sites, inputs, cands, channelwise, conv=None):  # type: ignore[no-untyped-def]
-        row = original(seg_a, seg_s, sites, inputs, cands, channelwise, conv)
+    def sabotage(seg_a, seg_s, sites, inputs, cands, channelwise, conv=None, gaps=None):  # type: ignore[no-untyped-def]
+        row = original(seg_a, seg_s, sites, inputs, cands, channelwise, conv, gaps)
         sites[2].neuron.threshold = sites[2].neuron.threshold * 20.0  # silences the site
         return row
 
