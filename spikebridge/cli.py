@@ -29,6 +29,7 @@ from spikebridge.config import TRAIN_SECTIONS, add_config_arguments, config_from
 from spikebridge.demo import add_demo_arguments, run_demo_command
 from spikebridge.engine.runs import eval_run, stored_config, train_run
 from spikebridge.errors import ConfigError, SpikebridgeError
+from spikebridge.recipes.compare import add_compare_arguments, run_compare
 from spikebridge.recipes.conversion import (
     add_analyze_arguments,
     add_convert_arguments,
@@ -158,6 +159,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "design on the TTRBR abstract) and report accuracy at every t",
         add_convert_arguments,
         run_convert,
+    ),
+    "compare": Subcommand(
+        "two runs on the same test images: accuracy difference per t with a 95 % interval "
+        "and an exact McNemar test",
+        add_compare_arguments,
+        run_compare,
     ),
     "analyze": Subcommand(
         "per-layer conversion error decomposition of a converted run (METHODS 2.3, ours)",

@@ -8,7 +8,8 @@ the price of one. An ANN is the case ``T = 1``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,23 @@ def _timesteps_of(model: nn.Module) -> int:
     return int(model.timesteps) if getattr(model, "spiking", False) else 1
 
 
+@contextmanager
+def _simulating(model: nn.Module, timesteps: int | None) -> Iterator[None]:
+    """Eval mode, and a spiking model set to ``timesteps`` steps (None = its own T), both
+    restored on exit."""
+    spiking = getattr(model, "spiking", False)
+    before, was_training = _timesteps_of(model), model.training
+    if spiking and timesteps is not None:
+        model.set_timesteps(timesteps)
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if spiking:
+            model.set_timesteps(before)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -40,17 +58,8 @@ def evaluate(
     "accuracy_by_timestep": {"1": ..., ..., "T": ...}, "loss_by_timestep": {...},
     "samples": N}``, accuracies as fractions.
     """
-    spiking = getattr(model, "spiking", False)
-    before, was_training = _timesteps_of(model), model.training
-    if spiking and timesteps is not None:
-        model.set_timesteps(timesteps)
-    model.eval()
-    try:
+    with _simulating(model, timesteps):
         correct, loss_sum, n = _accumulate(model, loader)
-    finally:
-        model.train(was_training)
-        if spiking:
-            model.set_timesteps(before)
     T = len(correct)
     acc = (correct.double() / max(n, 1)).tolist()
     loss = (loss_sum.double() / max(n, 1)).tolist()
@@ -88,3 +97,28 @@ def _accumulate(
     if correct is None:
         raise DataError("evaluate got a loader with no batches; expected at least one image.")
     return correct.cpu(), loss_sum.cpu(), n
+
+
+@torch.no_grad()
+def per_image_correct(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    timesteps: int | None = None,
+) -> torch.Tensor:
+    """``[T, N]`` bool: is image ``n`` classified right after ``t + 1`` steps (``[1, N]`` for
+    an ANN). For paired comparisons of two models on the same images
+    (:mod:`spikebridge.analysis.paired`)."""
+    spiking = getattr(model, "spiking", False)
+    before, was_training = _timesteps_of(model), model.training
+    if spiking and timesteps is not None:
+        model.set_timesteps(timesteps)
+    model.eval()
+    try:
+        parts = [running_mean(_forward_steps(model, x).float()).argmax(-1) == y for x, y in loader]
+    finally:
+        model.train(was_training)
+        if spiking:
+            model.set_timesteps(before)
+    if not parts:
+        raise DataError("per_image_correct got a loader with no batches; expected images.")
+    return torch.cat(parts, dim=1).cpu()

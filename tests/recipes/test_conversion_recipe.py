@@ -2,6 +2,7 @@
 on a tiny synthetic ANN run (resnet20 at width 0.25, 16x16 images)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ from spikebridge.cli import main
 from spikebridge.config import TRAIN_SECTIONS, load_config
 from spikebridge.engine import load_run, train_run
 from spikebridge.engine.evaluate import evaluate
+from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import convert
+from spikebridge.recipes.compare import compare_runs
 from spikebridge.recipes.conversion import (
     calibration_images,
     convert_run,
@@ -127,3 +130,30 @@ def test_accuracy_table_reference_text():
         "method       ANN     T=1     T=3",
         "qcfs      90.00%  50.00%  87.50%",
     ]
+
+
+def test_compare_scores_both_runs_on_the_same_images(ann_runs, tmp_path, capsys):
+    conv = tmp_path / "conv"
+    convert_run(ann_runs["qcfs"], "qcfs", [1, 3], out=conv, device="cpu", log=quiet)
+    out = tmp_path / "cmp.json"
+    argv = ["compare", str(ann_runs["qcfs"]), str(conv), "--timesteps", "1,3", "--json",
+            str(out), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    summary = json.loads((conv / "summary.json").read_text())
+    for row in result["rows"]:  # the same accuracies convert_run measured, now paired
+        assert math.isclose(row["acc_b"], summary["accuracy_by_timestep"][str(row["t"])])
+        assert math.isclose(row["acc_a"], summary["ann_accuracy"])
+    assert "McNemar p" in capsys.readouterr().out
+    # A run against itself: no disagreement, p = 1.
+    assert main(["compare", str(conv), str(conv), "--json", str(out), "--device", "cpu"]) == 0
+    assert all(r["a_only"] == r["b_only"] == 0 and r["p_value"] == 1.0
+               for r in json.loads(out.read_text())["rows"])  # fmt: skip
+
+
+def test_compare_refuses_runs_on_different_test_splits(ann_runs, tmp_path):
+    other = tmp_path / "other"
+    cfg = load_config(TRAIN_SECTIONS, overrides={**TINY, "subset": 48, "out": str(other)})
+    train_run(cfg, log=quiet)
+    with pytest.raises(ConfigError, match="test split"):
+        compare_runs(ann_runs["relu"], other, device="cpu")

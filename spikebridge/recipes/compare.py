@@ -1,0 +1,110 @@
+"""``spikebridge compare A B``: two run folders on the same test images, paired statistics.
+
+A difference of a few tenths of a point between two conversions is a handful of images; this
+says whether it is more than chance (exact McNemar test, 95 % interval of the paired
+difference; :mod:`spikebridge.analysis.paired`). Both runs must score the same images: the
+same dataset, data folder, subset and seed (checked), and the same first ``test_images``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from spikebridge.analysis.paired import format_paired, paired_rows
+from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine.evaluate import per_image_correct
+from spikebridge.engine.runs import resolve_device
+from spikebridge.errors import ConfigError
+from spikebridge.recipes.conversion import eval_loader, run_data
+
+SAME_DATA_KEYS = ("dataset", "data_dir", "subset", "val_size")
+
+
+def _data_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    data = config.get("data", {})
+    seed = config.get("train", {}).get("seed", 0)
+    return {**{k: data.get(k) for k in SAME_DATA_KEYS}, "seed": seed}
+
+
+def compare_runs(
+    run_a: str | Path,
+    run_b: str | Path,
+    timesteps: Sequence[int] | None = None,
+    test_images: int | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Score both runs' models on the same test images; per t: both accuracies, B − A with
+    its 95 % interval, the disagreement counts and the exact McNemar p-value.
+
+    ``timesteps``: the t to report (default: every t up to the larger model T). ConfigError
+    when the runs were not made on the same test split.
+    """
+    dev = resolve_device(device)
+    model_a, config_a = ckpt.load_run(run_a, dev)
+    model_b, config_b = ckpt.load_run(run_b, dev)
+    if _data_identity(config_a) != _data_identity(config_b):
+        raise ConfigError(
+            "the two runs do not share a test split (dataset, data folder, subset, val_size, "
+            f"seed): {_data_identity(config_a)} vs {_data_identity(config_b)}"
+        )
+    splits, data, seed = run_data(config_a, data_dir)
+    loader = eval_loader(splits, data, seed, dev, batch_size, test_images)
+    t_max = max(_steps(model_a), _steps(model_b), max(timesteps or [1]))
+    wanted = sorted(set(timesteps)) if timesteps else list(range(1, t_max + 1))
+    correct_a = per_image_correct(model_a, loader, t_max if _steps(model_a) > 1 else None)
+    correct_b = per_image_correct(model_b, loader, t_max if _steps(model_b) > 1 else None)
+    rows = paired_rows(correct_a, correct_b, wanted)
+    return {
+        "run_a": str(run_a), "run_b": str(run_b), "test_images": int(correct_a.shape[-1]),
+        "rows": [r.to_dict() for r in rows],
+        "text": format_paired(rows, str(run_a), str(run_b)),
+    }  # fmt: skip
+
+
+def _steps(model: Any) -> int:
+    return int(model.timesteps) if getattr(model, "spiking", False) else 1
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_a", metavar="A", help="run folder (train, convert, distill)")
+    parser.add_argument("run_b", metavar="B", help="run folder scored on the same test split")
+    parser.add_argument("--timesteps", help="t to report, e.g. 1,2,4,8 (default: every t up "
+                        "to the larger model's T)")  # fmt: skip
+    parser.add_argument("--test-images", type=int,
+                        help="the first N test images only (default: all)")  # fmt: skip
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
+    parser.add_argument("--data-dir", help="dataset folder, if it moved (default: the run's)")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """``spikebridge compare A B``: print the paired table (and write --json)."""
+    wanted = None
+    if args.timesteps:
+        try:
+            wanted = [int(t) for t in args.timesteps.split(",") if t.strip()]
+        except ValueError as err:
+            raise ConfigError(f"--timesteps is {args.timesteps!r}; expected e.g. 1,2,4,8") from err
+        if not wanted or min(wanted) < 1:
+            raise ConfigError(f"--timesteps is {args.timesteps!r}; expected integers >= 1")
+    result = compare_runs(
+        args.run_a, args.run_b, wanted, args.test_images, args.device, args.batch_size,
+        args.data_dir,
+    )  # fmt: skip
+    print(f"{result['test_images']} test images, paired (same images for A and B)")
+    print(result["text"])
+    if args.json:
+        rows = {k: v for k, v in result.items() if k != "text"}
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
