@@ -55,7 +55,8 @@ def compare_runs(
         )
     splits, data, seed = run_data(config_a, data_dir)
     loader = eval_loader(splits, data, seed, dev, batch_size, test_images)
-    t_max = max(_steps(model_a), _steps(model_b), max(timesteps or [1]))
+    # Simulate only as far as asked: a conversion run keeps the largest T it was evaluated at.
+    t_max = max(timesteps) if timesteps else max(_steps(model_a), _steps(model_b))
     wanted = sorted(set(timesteps)) if timesteps else list(range(1, t_max + 1))
     correct_a = per_image_correct(model_a, loader, t_max if _steps(model_a) > 1 else None)
     correct_b = per_image_correct(model_b, loader, t_max if _steps(model_b) > 1 else None)
