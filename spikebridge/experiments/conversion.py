@@ -20,7 +20,8 @@ Spec keys (YAML top level, profiles merged over it)::
                                     # smallest T >= 4); a list = one conversion per value
     test_images: null               # evaluate on the first N test images (null = all)
     tune_guard: true                # ttrbr: put back a block whose output error grows
-    tune_phi: false                 # ttrbr: also tune φ; channelwise: false = layer-wise θ
+    tune_phi: false                 # ttrbr: also tune φ
+    channelwise: null               # per-channel θ: null = on for ttrbr only, true / false = all
     tune_bias: true                 # ttrbr: also try the per-channel input-current shift
     compensate_stream: false        # ttrbr, pre-add: each block's last site corrects the
                                     # residual stream's error (METHODS 2.4, ours)
@@ -168,7 +169,7 @@ def _convert_once(
     return convert_run(
         ann_dir, method, timesteps or spec.get("timesteps") or DEFAULT_TIMESTEPS,
         int(spec.get("calibration_size", 1024)), float(spec.get("percentile", 99.99)),
-        bool(spec.get("channelwise", False)), bool(spec.get("tune_phi", False)),
+        spec.get("channelwise"), bool(spec.get("tune_phi", False)),
         spec.get("tune_timesteps"), run_dir, spec.get("device", "auto"),
         max_test_images=spec.get("test_images"),
         tune_guard=bool(spec.get("tune_guard", True)), log=log,

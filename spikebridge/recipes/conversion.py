@@ -41,7 +41,7 @@ from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine.evaluate import evaluate
 from spikebridge.engine.runs import measure_run, resolve_device
 from spikebridge.errors import ConfigError
-from spikebridge.methods.convert import METHODS, convert
+from spikebridge.methods.convert import METHODS, convert, resolve_channelwise
 from spikebridge.methods.error_analysis import decompose_errors, plot_errors
 
 DEFAULT_CALIBRATION = 1024
@@ -134,7 +134,7 @@ def convert_run(
     timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
     calibration_size: int = DEFAULT_CALIBRATION,
     percentile: float = 99.99,
-    channelwise: bool = False,
+    channelwise: bool | None = None,
     tune_phi: bool = False,
     tune_timesteps: int | None = None,
     out: str | Path | None = None,
@@ -155,6 +155,7 @@ def convert_run(
     (for CPU budgets; the ANN is evaluated on the same images). Bad method / timesteps / folder -> ConfigError or ModelError.
     """
     wanted = _check_request(method, timesteps)
+    channelwise = resolve_channelwise(method, channelwise)
     tune_t = int(tune_timesteps or default_tune_timesteps(wanted))
     ann_run = Path(ann_run)
     dev = resolve_device(device)
@@ -300,7 +301,9 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training images for statistics / tuning (default: 1024)")  # fmt: skip
     parser.add_argument("--percentile", type=float, default=99.99,
                         help="robust-norm percentile (robust; ReLU sites under ttrbr)")  # fmt: skip
-    parser.add_argument("--channelwise", action="store_true", help="per-channel thresholds")
+    parser.add_argument("--channelwise", action=argparse.BooleanOptionalAction, default=None,
+                        help="per-channel thresholds (default: on for ttrbr, off for maxnorm "
+                        "and robust; qcfs has one λ per layer)")  # fmt: skip
     parser.add_argument("--tune-phi", action="store_true",
                         help="ttrbr (ours): also tune the initial potential φ")  # fmt: skip
     parser.add_argument("--tune-timesteps", type=int,

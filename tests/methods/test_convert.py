@@ -169,3 +169,20 @@ def test_bad_requests_are_refused() -> None:
         convert(ann, "robust", x, 4, tune_phi=True)
     with pytest.raises(ModelError, match="already spiking"):
         convert(build("resnet20", width=0.25, neuron="if"), "robust", x, 4)
+
+
+def test_thresholds_are_per_channel_by_default_for_ttrbr_only() -> None:
+    torch.manual_seed(0)
+    ann = build("resnet20", width=0.25)
+    x = torch.randn(6, 3, 8, 8)
+    calibrate_bn(ann, x)
+
+    def theta_shapes(snn: nn.Module) -> set[tuple[int, ...]]:
+        return {
+            tuple(m.neuron.threshold.shape) for m in snn.modules() if isinstance(m, SpikingSite)
+        }
+
+    assert theta_shapes(convert(ann, "robust", x, 2)) == {()}
+    assert all(len(s) == 1 and s[0] > 1 for s in theta_shapes(convert(ann, "ttrbr", x, 2)))
+    assert theta_shapes(convert(ann, "ttrbr", x, 2, channelwise=False)) == {()}
+    assert all(len(s) == 1 for s in theta_shapes(convert(ann, "robust", x, 2, channelwise=True)))
