@@ -161,7 +161,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         run_convert,
     ),
     "compare": Subcommand(
-        "two runs on the same test images: accuracy difference per t with a 95 % interval "
+        "two runs on the same test images: accuracy difference per t with a 95-percent interval "
         "and an exact McNemar test",
         add_compare_arguments,
         run_compare,

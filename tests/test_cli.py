@@ -143,3 +143,14 @@ def test_python_dash_m_entry_point():
         [sys.executable, "-m", "spikebridge", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("spikebridge ")
+
+
+def test_every_help_page_renders(capsys):
+    # argparse %-formats help strings: a bare "%" in one breaks `spikebridge --help`.
+    from spikebridge.cli import SUBCOMMANDS
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in SUBCOMMANDS)
+    for name in SUBCOMMANDS:
+        assert main([name, "--help"]) == 0, name
