@@ -108,17 +108,8 @@ def per_image_correct(
     """``[T, N]`` bool: is image ``n`` classified right after ``t + 1`` steps (``[1, N]`` for
     an ANN). For paired comparisons of two models on the same images
     (:mod:`spikebridge.analysis.paired`)."""
-    spiking = getattr(model, "spiking", False)
-    before, was_training = _timesteps_of(model), model.training
-    if spiking and timesteps is not None:
-        model.set_timesteps(timesteps)
-    model.eval()
-    try:
+    with _simulating(model, timesteps):
         parts = [running_mean(_forward_steps(model, x).float()).argmax(-1) == y for x, y in loader]
-    finally:
-        model.train(was_training)
-        if spiking:
-            model.set_timesteps(before)
     if not parts:
         raise DataError("per_image_correct got a loader with no batches; expected images.")
     return torch.cat(parts, dim=1).cpu()
