@@ -24,7 +24,8 @@ def running_mean(steps: torch.Tensor) -> torch.Tensor:
     return steps.cumsum(0) / counts.view(-1, 1, 1)
 
 
-def _timesteps_of(model: nn.Module) -> int:
+def model_timesteps(model: nn.Module) -> int:
+    """The T a model simulates (1 for an ANN)."""
     return int(model.timesteps) if getattr(model, "spiking", False) else 1
 
 
@@ -33,7 +34,7 @@ def _simulating(model: nn.Module, timesteps: int | None) -> Iterator[None]:
     """Eval mode, and a spiking model set to ``timesteps`` steps (None = its own T), both
     restored on exit."""
     spiking = getattr(model, "spiking", False)
-    before, was_training = _timesteps_of(model), model.training
+    before, was_training = model_timesteps(model), model.training
     if spiking and timesteps is not None:
         model.set_timesteps(timesteps)
     model.eval()

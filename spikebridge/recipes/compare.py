@@ -16,10 +16,10 @@ from typing import Any
 
 from spikebridge.analysis.paired import format_paired, paired_rows
 from spikebridge.engine import checkpoint as ckpt
-from spikebridge.engine.evaluate import per_image_correct
+from spikebridge.engine.evaluate import model_timesteps, per_image_correct
 from spikebridge.engine.runs import resolve_device
 from spikebridge.errors import ConfigError
-from spikebridge.recipes.conversion import eval_loader, run_data
+from spikebridge.recipes.conversion import eval_loader, parse_timestep_list, run_data
 
 SAME_DATA_KEYS = ("dataset", "data_dir", "subset", "val_size")
 
@@ -45,6 +45,8 @@ def compare_runs(
     ``timesteps``: the t to report (default: every t up to the larger model T). ConfigError
     when the runs were not made on the same test split.
     """
+    if timesteps is not None and (not timesteps or min(timesteps) < 1):
+        raise ConfigError(f"timesteps are {list(timesteps)}; expected integers >= 1.")
     dev = resolve_device(device)
     model_a, config_a = ckpt.load_run(run_a, dev)
     model_b, config_b = ckpt.load_run(run_b, dev)
@@ -56,20 +58,16 @@ def compare_runs(
     splits, data, seed = run_data(config_a, data_dir)
     loader = eval_loader(splits, data, seed, dev, batch_size, test_images)
     # Simulate only as far as asked: a conversion run keeps the largest T it was evaluated at.
-    t_max = max(timesteps) if timesteps else max(_steps(model_a), _steps(model_b))
+    t_max = max(timesteps) if timesteps else max(map(model_timesteps, (model_a, model_b)))
     wanted = sorted(set(timesteps)) if timesteps else list(range(1, t_max + 1))
-    correct_a = per_image_correct(model_a, loader, t_max if _steps(model_a) > 1 else None)
-    correct_b = per_image_correct(model_b, loader, t_max if _steps(model_b) > 1 else None)
+    correct_a = per_image_correct(model_a, loader, t_max)  # an ANN ignores t_max
+    correct_b = per_image_correct(model_b, loader, t_max)
     rows = paired_rows(correct_a, correct_b, wanted)
     return {
         "run_a": str(run_a), "run_b": str(run_b), "test_images": int(correct_a.shape[-1]),
         "rows": [r.to_dict() for r in rows],
         "text": format_paired(rows, str(run_a), str(run_b)),
     }  # fmt: skip
-
-
-def _steps(model: Any) -> int:
-    return int(model.timesteps) if getattr(model, "spiking", False) else 1
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -90,14 +88,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     """``spikebridge compare A B``: print the paired table (and write --json)."""
-    wanted = None
-    if args.timesteps:
-        try:
-            wanted = [int(t) for t in args.timesteps.split(",") if t.strip()]
-        except ValueError as err:
-            raise ConfigError(f"--timesteps is {args.timesteps!r}; expected e.g. 1,2,4,8") from err
-        if not wanted or min(wanted) < 1:
-            raise ConfigError(f"--timesteps is {args.timesteps!r}; expected integers >= 1")
+    wanted = parse_timestep_list(args.timesteps) if args.timesteps else None
     result = compare_runs(
         args.run_a, args.run_b, wanted, args.test_images, args.device, args.batch_size,
         args.data_dir,

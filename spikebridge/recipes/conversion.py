@@ -278,7 +278,8 @@ def analyze_run(
 # ----------------------------------------------------------------------------- CLI
 
 
-def _timestep_list(text: str) -> list[int]:
+def parse_timestep_list(text: str) -> list[int]:
+    """``"1,2,4,8"`` -> [1, 2, 4, 8] (a --timesteps option of convert / compare)."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -330,7 +331,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     """``spikebridge convert``: convert, evaluate at every t, write the run folder."""
     summary = convert_run(
-        args.ann, args.method, _timestep_list(args.timesteps), args.calibration_size,
+        args.ann, args.method, parse_timestep_list(args.timesteps), args.calibration_size,
         args.percentile, args.channelwise, args.tune_phi, args.tune_timesteps, args.out,
         args.device, args.batch_size, max_test_images=args.test_images,
         tune_guard=args.tune_guard, tune_bias=args.tune_bias,
