@@ -19,13 +19,18 @@ from spikebridge.nn.temporal import unfold
 GRID = (0.5, 0.7, 0.85, 1.0, 1.15)
 
 
-@pytest.fixture(scope="module")
-def pair():  # type: ignore[no-untyped-def]
-    torch.manual_seed(1)
-    ann = build("resnet20", width=0.25)
-    x = torch.randn(12, 3, 16, 16)
+def _robust_pair(seed: int, images: int, block: str = "post-add"):  # type: ignore[no-untyped-def]
+    """A BN-calibrated resnet20 ANN, its robust-norm SNN at T = 4, and the images."""
+    torch.manual_seed(seed)
+    ann = build("resnet20", width=0.25, block=block)
+    x = torch.randn(images, 3, 16, 16)
     calibrate_bn(ann, x)
     return ann, convert(ann, "robust", x, 4), x
+
+
+@pytest.fixture(scope="module")
+def pair():  # type: ignore[no-untyped-def]
+    return _robust_pair(1, 12)
 
 
 def test_tuning_never_increases_the_loss_and_reports_the_real_loss(pair) -> None:  # type: ignore[no-untyped-def]
@@ -162,11 +167,7 @@ def _guard_always_fires(original):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def pre_add_pair():  # type: ignore[no-untyped-def]
-    torch.manual_seed(2)
-    ann = build("resnet20", width=0.25, block="pre-add")
-    x = torch.randn(10, 3, 16, 16)
-    calibrate_bn(ann, x)
-    return ann, convert(ann, "robust", x, 4), x
+    return _robust_pair(2, 10, block="pre-add")
 
 
 def test_compensated_stream_site_loss_is_the_block_output_error(pre_add_pair) -> None:  # type: ignore[no-untyped-def]
