@@ -4,6 +4,9 @@ A difference of a few tenths of a point between two conversions is a handful of 
 says whether it is more than chance (exact McNemar test, 95 % interval of the paired
 difference; :mod:`spikebridge.analysis.paired`). Both runs must score the same images: the
 same dataset, data folder, subset and seed (checked), and the same first ``test_images``.
+With ``whole_test_set`` both are scored on every image of the dataset's test file (a run
+trained with ``--subset`` keeps only a sample of it, e.g. 4000 of Fashion-MNIST's 10,000), and
+only the dataset and data folder must match.
 """
 
 from __future__ import annotations
@@ -24,8 +27,14 @@ from spikebridge.recipes.conversion import eval_loader, parse_timestep_list, run
 SAME_DATA_KEYS = ("dataset", "data_dir", "subset", "val_size")
 
 
-def _data_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+SAME_FILE_KEYS = ("dataset", "data_dir")
+
+
+def _data_identity(config: Mapping[str, Any], whole_test_set: bool = False) -> dict[str, Any]:
+    """What must match for two runs to score the same test images."""
     data = config.get("data", {})
+    if whole_test_set:  # every image of the test file: the split settings no longer matter
+        return {k: data.get(k) for k in SAME_FILE_KEYS}
     seed = config.get("train", {}).get("seed", 0)
     return {**{k: data.get(k) for k in SAME_DATA_KEYS}, "seed": seed}
 
@@ -38,24 +47,26 @@ def compare_runs(
     device: str = "auto",
     batch_size: int | None = None,
     data_dir: str | None = None,
+    whole_test_set: bool = False,
 ) -> dict[str, Any]:
     """Score both runs' models on the same test images; per t: both accuracies, B − A with
     its 95 % interval, the disagreement counts and the exact McNemar p-value.
 
-    ``timesteps``: the t to report (default: every t up to the larger model T). ConfigError
-    when the runs were not made on the same test split.
+    ``timesteps``: the t to report (default: every t up to the larger model T).
+    ``whole_test_set``: every image of the dataset's test file instead of the runs' split.
+    ConfigError when the runs were not made on the same test split (same test file with
+    ``whole_test_set``).
     """
     if timesteps is not None and (not timesteps or min(timesteps) < 1):
         raise ConfigError(f"timesteps are {list(timesteps)}; expected integers >= 1.")
     dev = resolve_device(device)
     model_a, config_a = ckpt.load_run(run_a, dev)
     model_b, config_b = ckpt.load_run(run_b, dev)
-    if _data_identity(config_a) != _data_identity(config_b):
-        raise ConfigError(
-            "the two runs do not share a test split (dataset, data folder, subset, val_size, "
-            f"seed): {_data_identity(config_a)} vs {_data_identity(config_b)}"
-        )
-    splits, data, seed = run_data(config_a, data_dir)
+    id_a, id_b = (_data_identity(c, whole_test_set) for c in (config_a, config_b))
+    if id_a != id_b:
+        keys = "dataset, data folder" + ("" if whole_test_set else ", subset, val_size, seed")
+        raise ConfigError(f"the two runs do not share a test split ({keys}): {id_a} vs {id_b}")
+    splits, data, seed = run_data(config_a, data_dir, whole_test_set)
     loader = eval_loader(splits, data, seed, dev, batch_size, test_images)
     # Simulate only as far as asked: a conversion run keeps the largest T it was evaluated at.
     t_max = max(timesteps) if timesteps else max(map(model_timesteps, (model_a, model_b)))
@@ -80,6 +91,9 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                         "to the larger model's T)")  # fmt: skip
     parser.add_argument("--test-images", type=int,
                         help="the first N test images only (default: all)")  # fmt: skip
+    parser.add_argument("--whole-test-set", action="store_true",
+                        help="score every image of the dataset's test file, not the runs' test "
+                        "split (a run trained with --subset keeps a sample of it)")  # fmt: skip
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
@@ -91,7 +105,7 @@ def run_compare(args: argparse.Namespace) -> int:
     wanted = parse_timestep_list(args.timesteps) if args.timesteps else None
     result = compare_runs(
         args.run_a, args.run_b, wanted, args.test_images, args.device, args.batch_size,
-        args.data_dir,
+        args.data_dir, args.whole_test_set,
     )  # fmt: skip
     print(f"{result['test_images']} test images, paired (same images for A and B)")
     print(result["text"])

@@ -54,11 +54,18 @@ OURS_NOTE = "ttrbr (threshold tuning + pre-add blocks) is our design on the TTRB
 # ----------------------------------------------------------------------------- data
 
 
-def run_data(config: dict[str, Any], data_dir: str | None = None):  # type: ignore[no-untyped-def]
-    """The splits, data section and seed of an ANN run (re-made from its config)."""
+def run_data(  # type: ignore[no-untyped-def]
+    config: dict[str, Any], data_dir: str | None = None, whole_test_set: bool = False
+):
+    """The splits, data section and seed of an ANN run (re-made from its config).
+
+    ``whole_test_set``: the test split is every image of the dataset's test file, also for a
+    run trained with ``subset`` (which otherwise keeps a seeded sample of it).
+    """
     data = build_section("data", config.get("data", {}))
     seed = int(config.get("train", {}).get("seed", 0))
-    splits = load_splits(data.dataset, data_dir or data.data_dir, data.subset, data.val_size, seed)
+    subset = None if whole_test_set else data.subset
+    splits = load_splits(data.dataset, data_dir or data.data_dir, subset, data.val_size, seed)
     return splits, data, seed
 
 

@@ -9,6 +9,7 @@ import torch
 
 from spikebridge.cli import main
 from spikebridge.config import TRAIN_SECTIONS, load_config
+from spikebridge.data import loader
 from spikebridge.engine import load_run, train_run
 from spikebridge.engine.evaluate import evaluate
 from spikebridge.errors import ConfigError
@@ -157,3 +158,15 @@ def test_compare_refuses_runs_on_different_test_splits(ann_runs, tmp_path):
     train_run(cfg, log=quiet)
     with pytest.raises(ConfigError, match="test split"):
         compare_runs(ann_runs["relu"], other, device="cpu")
+    # Different subsets, same test file: comparable on the whole of it.
+    result = compare_runs(ann_runs["relu"], other, [1], device="cpu", whole_test_set=True)
+    assert result["test_images"] == 256  # every image of the synthetic test file
+
+
+def test_compare_whole_test_set_scores_every_image_of_the_test_file(ann_runs, monkeypatch):
+    monkeypatch.setattr(loader, "MIN_TEST_SUBSET", 10)  # subset 64 -> a 12-image test split
+    run = ann_runs["relu"]
+    split = compare_runs(run, run, [1], device="cpu")
+    whole = compare_runs(run, run, [1], device="cpu", whole_test_set=True)
+    assert (split["test_images"], whole["test_images"]) == (12, 256)
+    assert main(["compare", str(run), str(run), "--whole-test-set", "--device", "cpu"]) == 0
