@@ -57,28 +57,53 @@ def compare_runs(
     ConfigError when the runs were not made on the same test split (same test file with
     ``whole_test_set``).
     """
+    return compare_against(
+        run_a, [run_b], timesteps, test_images, device, batch_size, data_dir, whole_test_set
+    )[0]
+
+
+def compare_against(
+    run_a: str | Path,
+    runs_b: Sequence[str | Path],
+    timesteps: Sequence[int] | None = None,
+    test_images: int | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    data_dir: str | None = None,
+    whole_test_set: bool = False,
+) -> list[dict[str, Any]]:
+    """:func:`compare_runs` of one baseline ``run_a`` against each of ``runs_b``; the
+    baseline is simulated once."""
     if timesteps is not None and (not timesteps or min(timesteps) < 1):
         raise ConfigError(f"timesteps are {list(timesteps)}; expected integers >= 1.")
+    if not runs_b:
+        raise ConfigError("nothing to compare: give at least one run B.")
     dev = resolve_device(device)
     model_a, config_a = ckpt.load_run(run_a, dev)
-    model_b, config_b = ckpt.load_run(run_b, dev)
-    id_a, id_b = (_data_identity(c, whole_test_set) for c in (config_a, config_b))
-    if id_a != id_b:
-        keys = "dataset, data folder" + ("" if whole_test_set else ", subset, val_size, seed")
-        raise ConfigError(f"the two runs do not share a test split ({keys}): {id_a} vs {id_b}")
+    others = [ckpt.load_run(run, dev) for run in runs_b]
+    id_a = _data_identity(config_a, whole_test_set)
+    for run, (_, config_b) in zip(runs_b, others, strict=True):
+        if (id_b := _data_identity(config_b, whole_test_set)) != id_a:
+            keys = "dataset, data folder" + ("" if whole_test_set else ", subset, val_size, seed")
+            raise ConfigError(
+                f"{run_a} and {run} do not share a test split ({keys}): {id_a} vs {id_b}"
+            )
     splits, data, seed = run_data(config_a, data_dir, whole_test_set)
     loader = eval_loader(splits, data, seed, dev, batch_size, test_images)
     # Simulate only as far as asked: a conversion run keeps the largest T it was evaluated at.
-    t_max = max(timesteps) if timesteps else max(map(model_timesteps, (model_a, model_b)))
+    models = [model_a, *(m for m, _ in others)]
+    t_max = max(timesteps) if timesteps else max(map(model_timesteps, models))
     wanted = sorted(set(timesteps)) if timesteps else list(range(1, t_max + 1))
     correct_a = per_image_correct(model_a, loader, t_max)  # an ANN ignores t_max
-    correct_b = per_image_correct(model_b, loader, t_max)
-    rows = paired_rows(correct_a, correct_b, wanted)
-    return {
-        "run_a": str(run_a), "run_b": str(run_b), "test_images": int(correct_a.shape[-1]),
-        "rows": [r.to_dict() for r in rows],
-        "text": format_paired(rows, str(run_a), str(run_b)),
-    }  # fmt: skip
+    results = []
+    for run_b, (model_b, _) in zip(runs_b, others, strict=True):
+        rows = paired_rows(correct_a, per_image_correct(model_b, loader, t_max), wanted)
+        results.append({
+            "run_a": str(run_a), "run_b": str(run_b), "test_images": int(correct_a.shape[-1]),
+            "rows": [r.to_dict() for r in rows],
+            "text": format_paired(rows, str(run_a), str(run_b)),
+        })  # fmt: skip
+    return results
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -86,7 +111,9 @@ def compare_runs(
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_a", metavar="A", help="run folder (train, convert, distill)")
-    parser.add_argument("run_b", metavar="B", help="run folder scored on the same test split")
+    parser.add_argument("runs_b", metavar="B", nargs="+",
+                        help="run folder(s) scored on the same test split, each against A "
+                        "(A is simulated once)")  # fmt: skip
     parser.add_argument("--timesteps", help="t to report, e.g. 1,2,4,8 (default: every t up "
                         "to the larger model's T)")  # fmt: skip
     parser.add_argument("--test-images", type=int,
@@ -101,16 +128,17 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    """``spikebridge compare A B``: print the paired table (and write --json)."""
+    """``spikebridge compare A B [B ...]``: print the paired tables (and write --json: one
+    object for one B, a list of them for several)."""
     wanted = parse_timestep_list(args.timesteps) if args.timesteps else None
-    result = compare_runs(
-        args.run_a, args.run_b, wanted, args.test_images, args.device, args.batch_size,
+    results = compare_against(
+        args.run_a, args.runs_b, wanted, args.test_images, args.device, args.batch_size,
         args.data_dir, args.whole_test_set,
     )  # fmt: skip
-    print(f"{result['test_images']} test images, paired (same images for A and B)")
-    print(result["text"])
+    print(f"{results[0]['test_images']} test images, paired (same images for A and B)")
+    print("\n\n".join(r["text"] for r in results))
     if args.json:
-        rows = {k: v for k, v in result.items() if k != "text"}
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        rows = [{k: v for k, v in r.items() if k != "text"} for r in results]
+        Path(args.json).write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

@@ -152,6 +152,24 @@ def test_compare_scores_both_runs_on_the_same_images(ann_runs, tmp_path, capsys)
                for r in json.loads(out.read_text())["rows"])  # fmt: skip
 
 
+def test_compare_scores_several_runs_against_one_baseline(ann_runs, tmp_path):
+    convs = [tmp_path / m for m in ("qcfs", "robust")]
+    for method, out in zip(("qcfs", "robust"), convs, strict=True):
+        convert_run(ann_runs["qcfs"], method, [2], calibration_size=16, out=out, device="cpu",
+                    log=quiet)  # fmt: skip
+    out = tmp_path / "cmp.json"
+    argv = ["compare", str(ann_runs["qcfs"]), *map(str, convs), "--json", str(out),
+            "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads(out.read_text())
+    assert [r["run_b"] for r in results] == list(map(str, convs))
+    for r, conv in zip(results, convs, strict=True):  # each B scored as it was when converted
+        summary = json.loads((conv / "summary.json").read_text())
+        assert [row["t"] for row in r["rows"]] == [1, 2]
+        assert math.isclose(r["rows"][1]["acc_b"], summary["accuracy_by_timestep"]["2"])
+        assert math.isclose(r["rows"][0]["acc_a"], summary["ann_accuracy"])
+
+
 def test_compare_refuses_runs_on_different_test_splits(ann_runs, tmp_path):
     other = tmp_path / "other"
     cfg = load_config(TRAIN_SECTIONS, overrides={**TINY, "subset": 48, "out": str(other)})
