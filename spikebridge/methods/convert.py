@@ -391,6 +391,7 @@ def convert(
     tune_guard: bool = True,
     tune_bias: bool | None = None,
     compensate_stream: bool = False,
+    tune_reference: str = "ann",
 ) -> ResNet:
     """Convert a ResNet ANN into a NEW IF spiking ResNet (see the module docstring).
 
@@ -411,6 +412,9 @@ def convert(
             resnet110 QCFS ANN it moved T=4 accuracy from 85.5 to 86.4 %, docs/RESULTS.md).
         compensate_stream: (``ttrbr``, pre-add ResNets) the last site of each block also
             corrects the residual stream's error (see ``tune_thresholds``).
+        tune_reference: (``ttrbr``) the network the sites aim at: ``ann``, ``clip`` (QCFS
+            sites as ``clip(z, 0, λ)``) or ``auto`` (clip when T exceeds the QCFS levels);
+            see ``tune_thresholds``.
 
     Returns the spiking model (eval mode) with ``.config`` (rebuild with
     :func:`build_converted`) and ``.conversion_report`` (:class:`ConversionReport`).
@@ -435,7 +439,7 @@ def convert(
         tuning = tune_thresholds(
             ann, snn, batches, timesteps, grid, channelwise, tune_phi,
             progress=progress, guard=tune_guard, tune_bias=tune_bias,
-            compensate_stream=compensate_stream,
+            compensate_stream=compensate_stream, reference=tune_reference,
         )  # fmt: skip
     uses_percentile = method == "robust" or method == "ttrbr"
     report = ConversionReport(

@@ -38,6 +38,15 @@ option that site's target becomes ``a_l + (s_a − mean_t s_s)``, ``s`` the shor
 Measured (docs/RESULTS.md): +1.4 points at T = 4 on a pre-add resnet20, within noise on
 resnet56-164; hence off by default.
 
+Reference network (``reference``, also ours): the ``a_l`` the sites aim at come from the ANN as
+trained (``"ann"``) or from its continuous twin (``"clip"``): the same weights with every QCFS
+site replaced by ``clip(z, 0, λ)``. An IF site's rate tends to ``clip(z̄, 0, θ)`` as T grows
+(METHODS 2.1: ``Q_T → clip``), so an SNN simulated for more steps than the ANN has QCFS
+levels (``T > L``) approaches the clip network, of which the QCFS ANN is only an ``L``-level
+approximation; tuning it towards the ANN's coarser staircase pulls it away from the network it
+converges to. ``"auto"`` picks ``"clip"`` when ``T`` exceeds the ANN's QCFS levels and
+``"ann"`` otherwise (ReLU and clip ANNs: the two are the same network).
+
 Guarantee: scale 1 (with the current φ, unshifted) is always a candidate and is tried first,
 so the chosen value never has a larger calibration loss than the one the site started with
 (``loss_after <= loss_before`` per row). Channel-wise tuning picks the scale per channel;
@@ -64,6 +73,7 @@ from spikebridge.methods.error_analysis import (
     paired_sites,
 )
 from spikebridge.models.resnet import Bottleneck, ResNet
+from spikebridge.nn.activations import QCFS, Clip
 from spikebridge.nn.neurons import SpikingNeuron
 from spikebridge.nn.temporal import SpikingSite, fold, unfold
 
@@ -102,6 +112,7 @@ class TuningReport:
     grid: tuple[float, ...]
     phi_grid: tuple[float, ...] = field(default_factory=tuple)
     images: int = 0
+    reference: str = "ann"  # the network the sites aimed at: "ann" or "clip"
 
     @property
     def loss_before(self) -> float:
@@ -310,6 +321,38 @@ def _tune_site(
     )
 
 
+REFERENCES = ("ann", "clip", "auto")
+
+
+def clip_reference(ann: nn.Module) -> nn.Module:
+    """A copy of ``ann`` whose QCFS sites are ``clip(z, 0, λ)`` with the same λ: the network an
+    IF conversion's rates approach as T grows (the QCFS ANN is its L-level staircase)."""
+    ref = copy.deepcopy(ann)
+    for parent in list(ref.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, QCFS):
+                clip = Clip(float(child.lam.detach()))
+                setattr(parent, name, clip.to(child.lam.device))
+    return ref
+
+
+def qcfs_levels(ann: nn.Module) -> int | None:
+    """The smallest QCFS level count of ``ann``'s sites (None: no QCFS site)."""
+    levels = [m.levels for m in ann.modules() if isinstance(m, QCFS)]
+    return min(levels) if levels else None
+
+
+def resolve_reference(reference: str, ann: nn.Module, timesteps: int) -> str:
+    """``"auto"`` -> ``"clip"`` when ``timesteps`` exceeds the ANN's QCFS levels, else
+    ``"ann"``; ``"ann"`` / ``"clip"`` are kept. ConfigError for anything else."""
+    if reference not in REFERENCES:
+        raise ConfigError(f"unknown tuning reference {reference!r}; expected one of {REFERENCES}")
+    if reference != "auto":
+        return reference
+    levels = qcfs_levels(ann)
+    return "clip" if levels is not None and timesteps > levels else "ann"
+
+
 def tune_thresholds(
     ann: nn.Module,
     snn: nn.Module,
@@ -324,6 +367,7 @@ def tune_thresholds(
     guard: bool = True,
     tune_bias: bool = False,
     compensate_stream: bool = False,
+    reference: str = "ann",
 ) -> TuningReport:
     """Tune every site's threshold scale ``s_l`` (and φ) in place (METHODS 2.4, our design).
 
@@ -347,6 +391,9 @@ def tune_thresholds(
             targets the ANN activation plus the residual stream's gap, so it corrects the
             error the identity path carries (module docstring). Its row's losses are then
             measured against that target.
+        reference: ``"ann"`` (the ANN as trained), ``"clip"`` (its QCFS sites as
+            ``clip(z, 0, λ)``) or ``"auto"`` (clip when ``timesteps`` exceeds the ANN's
+            QCFS levels): the network whose activations the sites aim at (module docstring).
 
     Returns a :class:`TuningReport` (per site: θ before/after, scale, φ, loss before/after).
     """
@@ -356,6 +403,9 @@ def tune_thresholds(
         raise ConfigError(
             "compensate_stream needs spikebridge ResNets (it follows the residual stream)"
         )
+    reference = resolve_reference(reference, ann, timesteps)
+    if reference == "clip":
+        ann = clip_reference(ann)
     scales, phis = _check_grids(grid, phi_grid if tune_phi else ())
     cands = _candidates(scales, phis, tune_bias)
     pairs = paired_sites(ann, snn)
@@ -375,7 +425,9 @@ def tune_thresholds(
             options = (cands, channelwise, guard, convs, compensate_stream)
             rows = _tune_by_segment(segments, site_pairs, batches, options, timesteps)
     n_images = sum(b.shape[0] for b in batches)
-    return TuningReport(rows, timesteps, channelwise, tune_phi, scales, phis, n_images)
+    return TuningReport(
+        rows, timesteps, channelwise, tune_phi, scales, phis, n_images, reference=reference
+    )
 
 
 # --------------------------------------------------------------------------- block cache

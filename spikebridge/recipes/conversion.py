@@ -43,6 +43,7 @@ from spikebridge.engine.runs import measure_run, resolve_device
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import METHODS, convert, resolve_channelwise
 from spikebridge.methods.error_analysis import decompose_errors, plot_errors
+from spikebridge.methods.threshold_tuning import REFERENCES
 
 DEFAULT_CALIBRATION = 1024
 DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32)
@@ -153,6 +154,7 @@ def convert_run(
     log: Callable[[str], None] = print,
     tune_bias: bool = True,
     compensate_stream: bool = False,
+    tune_reference: str = "ann",
 ) -> dict[str, Any]:
     """Convert an ANN run folder's model with ``method``; write and return the summary.
 
@@ -174,7 +176,7 @@ def convert_run(
     snn = convert(
         ann, method, calib, tune_t, percentile, 0.5, channelwise, tune_phi,
         tune_guard=tune_guard, tune_bias=tune_bias and method == "ttrbr",
-        compensate_stream=compensate_stream and method == "ttrbr",
+        compensate_stream=compensate_stream and method == "ttrbr", tune_reference=tune_reference,
     )  # fmt: skip
     convert_s = time.perf_counter() - start
     loader = eval_loader(splits, data, seed, dev, batch_size, max_test_images)
@@ -188,6 +190,7 @@ def convert_run(
         "tune_guard": tune_guard if method == "ttrbr" else None,
         "tune_bias": tune_bias if method == "ttrbr" else None,
         "compensate_stream": compensate_stream if method == "ttrbr" else None,
+        "tune_reference": snn.conversion_report.tuning.reference if method == "ttrbr" else None,
     }  # fmt: skip
     summary = {
         **options, "ann_accuracy": ann_acc, "accuracy_by_timestep": result["accuracy_by_timestep"],
@@ -328,6 +331,10 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         default=False,
                         help="ttrbr (ours), pre-add ResNets: each block's last site also "
                         "corrects the error the residual stream carries (default: off)")  # fmt: skip
+    parser.add_argument("--tune-reference", choices=REFERENCES, default="ann",
+                        help="ttrbr (ours): the network the sites aim at: the ANN as trained, "
+                        "its clip twin (QCFS sites as clip(z, 0, λ), what IF rates approach as T "
+                        "grows) or auto (clip when T exceeds the QCFS levels) (default: ann)")  # fmt: skip
     parser.add_argument("--out", help="converted run folder (default: runs/<ann>-<method>-<time>)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
@@ -342,7 +349,7 @@ def run_convert(args: argparse.Namespace) -> int:
         args.percentile, args.channelwise, args.tune_phi, args.tune_timesteps, args.out,
         args.device, args.batch_size, max_test_images=args.test_images,
         tune_guard=args.tune_guard, tune_bias=args.tune_bias,
-        compensate_stream=args.compensate_stream,
+        compensate_stream=args.compensate_stream, tune_reference=args.tune_reference,
     )  # fmt: skip
     print(f"run folder: {summary['run_dir']}")
     return 0

@@ -12,8 +12,14 @@ from conversion_helpers import calibrate_bn
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import convert
 from spikebridge.methods.error_analysis import capture, decompose_errors, quantized_rate
-from spikebridge.methods.threshold_tuning import feeding_conv, tune_thresholds
+from spikebridge.methods.threshold_tuning import (
+    clip_reference,
+    feeding_conv,
+    resolve_reference,
+    tune_thresholds,
+)
 from spikebridge.models import build
+from spikebridge.nn.activations import QCFS, Clip
 from spikebridge.nn.temporal import unfold
 
 GRID = (0.5, 0.7, 0.85, 1.0, 1.15)
@@ -207,3 +213,50 @@ def test_compensate_stream_is_refused_where_it_cannot_apply(pair) -> None:  # ty
         convert(ann, "qcfs", x, 4, compensate_stream=True)
     with pytest.raises(ConfigError, match="ResNets"):
         tune_thresholds(torch.nn.Sequential(ann), robust_snn, x, 4, compensate_stream=True)
+
+
+@pytest.fixture(scope="module")
+def qcfs_ann():  # type: ignore[no-untyped-def]
+    """A BN-calibrated QCFS (L = 2) resnet20 ANN and its images."""
+    torch.manual_seed(3)
+    ann = build("resnet20", width=0.25, activation="qcfs", qcfs_levels=2, threshold=1.5)
+    x = torch.randn(12, 3, 16, 16)
+    return calibrate_bn(ann, x), x
+
+
+def test_clip_reference_is_the_ann_with_clip_sites_at_the_same_lambda(qcfs_ann) -> None:  # type: ignore[no-untyped-def]
+    ann, x = qcfs_ann
+    ref = clip_reference(ann)
+    assert isinstance(ann.act1, QCFS) and isinstance(ref.act1, Clip)  # the ANN is untouched
+    assert not any(isinstance(m, QCFS) for m in ref.modules())
+    with torch.no_grad():
+        z = ann.bn1(ann.conv1(x))
+        torch.testing.assert_close(ref.act1(z), z.clamp(0, ann.act1.lam.item()))
+        assert not torch.equal(ref(x), ann(x))  # the staircase and its limit differ
+
+
+def test_clip_reference_tuning_aims_at_clip_of_the_ann_current(qcfs_ann) -> None:  # type: ignore[no-untyped-def]
+    ann, x = qcfs_ann
+    snn = convert(ann, "qcfs", None, 4)
+    theta0, lam = snn.act1.neuron.threshold.item(), ann.act1.lam.item()
+    report = tune_thresholds(ann, snn, x, 4, grid=GRID, reference="clip")
+    assert report.reference == "clip"
+    assert all(r.loss_after <= r.loss_before for r in report.rows)
+    with torch.no_grad():  # the stem current is constant over t: its rate is Q_T(z)
+        z = ann.bn1(ann.conv1(x))
+    by_hand = (quantized_rate(z, theta0, 4, 0.5) - z.clamp(0, lam)).square().mean().item()
+    assert math.isclose(report.rows[0].loss_before, by_hand, rel_tol=1e-4)
+    ann_target = tune_thresholds(ann, convert(ann, "qcfs", None, 4), x, 4, grid=GRID)
+    assert ann_target.reference == "ann"
+    assert not math.isclose(ann_target.rows[0].loss_before, by_hand, rel_tol=1e-4)
+
+
+def test_auto_reference_is_clip_only_beyond_the_qcfs_levels(qcfs_ann, pair) -> None:  # type: ignore[no-untyped-def]
+    qcfs, _ = qcfs_ann
+    relu, _, _ = pair
+    assert resolve_reference("auto", qcfs, 2) == "ann"  # T = L: the SNN can match the ANN
+    assert resolve_reference("auto", qcfs, 3) == "clip"
+    assert resolve_reference("auto", relu, 8) == "ann"  # no QCFS site: one network
+    assert resolve_reference("clip", relu, 1) == "clip"
+    with pytest.raises(ConfigError, match="tuning reference"):
+        resolve_reference("teacher", qcfs, 4)

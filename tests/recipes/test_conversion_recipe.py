@@ -133,6 +133,18 @@ def test_accuracy_table_reference_text():
     ]
 
 
+def test_convert_records_the_tuning_reference_it_resolved(ann_runs, tmp_path):
+    # The tiny QCFS ANN has L = 8 levels: "auto" aims at its clip twin only for T > 8.
+    argv = ["convert", "--ann", str(ann_runs["qcfs"]), "--method", "ttrbr", "--timesteps", "9",
+            "--calibration-size", "16", "--tune-reference", "auto", "--out",
+            str(tmp_path / "c"), "--device", "cpu", "--test-images", "8"]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "c" / "summary.json").read_text())["tune_reference"] == "clip"
+    summary = convert_run(ann_runs["qcfs"], "robust", [2], calibration_size=16,
+                          out=tmp_path / "r", device="cpu", log=quiet)  # fmt: skip
+    assert summary["tune_reference"] is None  # not a ttrbr conversion
+
+
 def test_compare_scores_both_runs_on_the_same_images(ann_runs, tmp_path, capsys):
     conv = tmp_path / "conv"
     convert_run(ann_runs["qcfs"], "qcfs", [1, 3], out=conv, device="cpu", log=quiet)
