@@ -110,10 +110,13 @@ def run(args: argparse.Namespace) -> dict:
                          "ANN, or --swap-to-relu to hand it the same weights with ReLU sites")  # fmt: skip
     splits, data, seed = run_data(config)
     calib = calibration_images(splits, args.calibration_size, seed, dev)
+    if args.whole_test_set:  # same calibration draw; every image of the test file
+        splits = run_data(config, whole_test_set=True)[0]
     loader = list(eval_loader(splits, data, seed, dev, args.batch_size, args.test_images))
     record = {"ann_run": args.ann, "ann_accuracy": evaluate(ann, loader)["accuracy"],
               "ann_activation": activation, "timesteps": args.timesteps,
               "test_samples": sum(len(y) for _, y in loader),
+              "whole_test_set": args.whole_test_set,
               "calibration_size": args.calibration_size, "modes": {}}  # fmt: skip
     if activation != "relu":
         swap_to_relu(ann)
@@ -148,6 +151,8 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=32, help="simulate T steps (default 32)")
     parser.add_argument("--calibration-size", type=int, default=1024)
     parser.add_argument("--test-images", type=int, help="first N test images (default: all)")
+    parser.add_argument("--whole-test-set", action="store_true",
+                        help="every image of the test file, as 'spikebridge compare --whole-test-set'")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--swap-to-relu", action="store_true",
