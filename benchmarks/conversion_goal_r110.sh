@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/conversion_goal_r110.sh [OUT]        (default OUT: runs/goal_r110)
 #
-# About 75 minutes on 2 CPU cores (ANN training 16, eight conversions 20, paired compares 40).
+# About 75 minutes, one thread on the 2-core CPU machine (ANN 16, conversions 17, compares 40).
 # Every step reuses what a previous run left in OUT. SpikingJelly's side (peer env only):
 #   PYTHONPATH=. .peer-venv/bin/python benchmarks/spikingjelly_convert.py --ann OUT/anns/...
 #     --swap-to-relu --timesteps 8 --calibration-size 1024 --whole-test-set
