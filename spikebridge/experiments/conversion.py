@@ -25,7 +25,8 @@ Spec keys (YAML top level, profiles merged over it)::
     tune_bias: true                 # ttrbr: also try the per-channel input-current shift
     compensate_stream: false        # ttrbr, pre-add: each block's last site corrects the
                                     # residual stream's error (METHODS 2.4, ours)
-    tune_reference: ann             # ttrbr: the network the sites aim at: ann, clip or auto
+    tune_reference: auto            # ttrbr: the network the sites aim at: ann, clip or auto
+                                    # (clip when T > the QCFS levels; measured, RESULTS.md)
     skip: {resnet110-post-add-qcfs: "why"}  # arms not run; the table says why
     collect_only: false             # true: train / convert nothing, tabulate what the folder
                                     # holds (slices run in parallel, then one table)
@@ -176,7 +177,7 @@ def _convert_once(
         tune_guard=bool(spec.get("tune_guard", True)), log=log,
         tune_bias=bool(spec.get("tune_bias", True)),
         compensate_stream=bool(spec.get("compensate_stream", False)),
-        tune_reference=str(spec.get("tune_reference", "ann")),
+        tune_reference=str(spec.get("tune_reference", "auto")),
     )  # fmt: skip
 
 

@@ -391,7 +391,7 @@ def convert(
     tune_guard: bool = True,
     tune_bias: bool | None = None,
     compensate_stream: bool = False,
-    tune_reference: str = "ann",
+    tune_reference: str = "auto",
 ) -> ResNet:
     """Convert a ResNet ANN into a NEW IF spiking ResNet (see the module docstring).
 
@@ -413,8 +413,8 @@ def convert(
         compensate_stream: (``ttrbr``, pre-add ResNets) the last site of each block also
             corrects the residual stream's error (see ``tune_thresholds``).
         tune_reference: (``ttrbr``) the network the sites aim at: ``ann``, ``clip`` (QCFS
-            sites as ``clip(z, 0, λ)``) or ``auto`` (clip when T exceeds the QCFS levels);
-            see ``tune_thresholds``.
+            sites as ``clip(z, 0, λ)``) or ``auto`` (the default: clip when T exceeds the QCFS
+            levels, measured at or above ``ann`` there); see ``tune_thresholds``.
 
     Returns the spiking model (eval mode) with ``.config`` (rebuild with
     :func:`build_converted`) and ``.conversion_report`` (:class:`ConversionReport`).

@@ -154,7 +154,7 @@ def convert_run(
     log: Callable[[str], None] = print,
     tune_bias: bool = True,
     compensate_stream: bool = False,
-    tune_reference: str = "ann",
+    tune_reference: str = "auto",
 ) -> dict[str, Any]:
     """Convert an ANN run folder's model with ``method``; write and return the summary.
 
@@ -331,10 +331,10 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         default=False,
                         help="ttrbr (ours), pre-add ResNets: each block's last site also "
                         "corrects the error the residual stream carries (default: off)")  # fmt: skip
-    parser.add_argument("--tune-reference", choices=REFERENCES, default="ann",
+    parser.add_argument("--tune-reference", choices=REFERENCES, default="auto",
                         help="ttrbr (ours): the network the sites aim at: the ANN as trained, "
                         "its clip twin (QCFS sites as clip(z, 0, λ), what IF rates approach as T "
-                        "grows) or auto (clip when T exceeds the QCFS levels) (default: ann)")  # fmt: skip
+                        "grows) or auto (clip when T exceeds the QCFS levels) (default: auto)")  # fmt: skip
     parser.add_argument("--out", help="converted run folder (default: runs/<ann>-<method>-<time>)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")

@@ -246,7 +246,9 @@ def test_clip_reference_tuning_aims_at_clip_of_the_ann_current(qcfs_ann) -> None
         z = ann.bn1(ann.conv1(x))
     by_hand = (quantized_rate(z, theta0, 4, 0.5) - z.clamp(0, lam)).square().mean().item()
     assert math.isclose(report.rows[0].loss_before, by_hand, rel_tol=1e-4)
-    ann_target = tune_thresholds(ann, convert(ann, "qcfs", None, 4), x, 4, grid=GRID)
+    ann_target = tune_thresholds(
+        ann, convert(ann, "qcfs", None, 4), x, 4, grid=GRID, reference="ann"
+    )
     assert ann_target.reference == "ann"
     assert not math.isclose(ann_target.rows[0].loss_before, by_hand, rel_tol=1e-4)
 

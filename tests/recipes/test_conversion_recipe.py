@@ -133,13 +133,17 @@ def test_accuracy_table_reference_text():
     ]
 
 
-def test_convert_records_the_tuning_reference_it_resolved(ann_runs, tmp_path):
-    # The tiny QCFS ANN has L = 8 levels: "auto" aims at its clip twin only for T > 8.
+def test_convert_defaults_to_auto_and_records_the_reference_it_resolved(ann_runs, tmp_path):
+    # The tiny QCFS ANN has L = 8 levels: the default ("auto") aims at its clip twin only for
+    # T > 8 and at the ANN as trained below that.
     argv = ["convert", "--ann", str(ann_runs["qcfs"]), "--method", "ttrbr", "--timesteps", "9",
-            "--calibration-size", "16", "--tune-reference", "auto", "--out",
-            str(tmp_path / "c"), "--device", "cpu", "--test-images", "8"]  # fmt: skip
+            "--calibration-size", "16", "--out", str(tmp_path / "c"), "--device", "cpu",
+            "--test-images", "8"]  # fmt: skip
     assert main(argv) == 0
     assert json.loads((tmp_path / "c" / "summary.json").read_text())["tune_reference"] == "clip"
+    low = convert_run(ann_runs["qcfs"], "ttrbr", [2], calibration_size=16, out=tmp_path / "l",
+                      device="cpu", log=quiet, max_test_images=8)  # fmt: skip
+    assert low["tune_reference"] == "ann"
     summary = convert_run(ann_runs["qcfs"], "robust", [2], calibration_size=16,
                           out=tmp_path / "r", device="cpu", log=quiet)  # fmt: skip
     assert summary["tune_reference"] is None  # not a ttrbr conversion
