@@ -27,6 +27,8 @@ Spec keys (YAML top level, profiles merged over it)::
                                     # residual stream's error (METHODS 2.4, ours)
     tune_reference: auto            # ttrbr: the network the sites aim at: ann, clip or auto
                                     # (clip when T > the QCFS levels; measured, RESULTS.md)
+    tune_epochs: null               # ttrbr: epochs of output calibration (null = the default,
+                                    # 0 = off; METHODS 2.4 extension, ours)
     skip: {resnet110-post-add-qcfs: "why"}  # arms not run; the table says why
     collect_only: false             # true: train / convert nothing, tabulate what the folder
                                     # holds (slices run in parallel, then one table)
@@ -178,6 +180,7 @@ def _convert_once(
         tune_bias=bool(spec.get("tune_bias", True)),
         compensate_stream=bool(spec.get("compensate_stream", False)),
         tune_reference=str(spec.get("tune_reference", "auto")),
+        tune_epochs=None if spec.get("tune_epochs") is None else int(spec["tune_epochs"]),
     )  # fmt: skip
 
 

@@ -54,6 +54,12 @@ from spikebridge.methods.error_analysis import (
     model_device,
     snn_sites,
 )
+from spikebridge.methods.output_calibration import (
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    CalibrationReport,
+    calibrate_outputs,
+)
 from spikebridge.methods.threshold_tuning import DEFAULT_SCALE_GRID, TuningReport, tune_thresholds
 from spikebridge.models.registry import ModelConfig, build_from_config
 from spikebridge.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -109,7 +115,9 @@ def resolve_channelwise(method: str, channelwise: bool | None) -> bool:
     return method == "ttrbr" if channelwise is None else channelwise
 
 
-def _check_args(method: str, timesteps: int, percentile: float, phi: float, **flags: bool) -> None:
+def _check_args(
+    method: str, timesteps: int, percentile: float, phi: float, **flags: bool | int
+) -> None:
     if method not in METHODS:
         raise ConfigError(f"unknown conversion method {method!r}; expected one of {METHODS}")
     if method != "qcfs" and not flags["has_data"]:
@@ -127,6 +135,13 @@ def _check_args(method: str, timesteps: int, percentile: float, phi: float, **fl
     for flag in ("tune_bias", "compensate_stream"):
         if method != "ttrbr" and flags.get(flag):
             raise ConfigError(f"{flag} applies to method 'ttrbr' only, not {method!r}")
+    epochs = int(flags.get("tune_epochs", 0))
+    if epochs < 0:
+        raise ConfigError(f"tune_epochs must be >= 0, got {epochs}")
+    if epochs and method != "ttrbr":
+        raise ConfigError(
+            f"tune_epochs (output calibration) applies to method 'ttrbr' only, not {method!r}"
+        )
 
 
 # --------------------------------------------------------------------------- BN folding
@@ -338,6 +353,7 @@ class ConversionReport:
     initial_thresholds: dict[str, float]  # mean θ per site before tuning
     thresholds: dict[str, float]  # mean θ per site in the returned model
     tuning: TuningReport | None = None
+    calibration: CalibrationReport | None = None  # output calibration (ttrbr, tune_epochs)
 
     def to_markdown(self) -> str:
         lines = [f"method {self.method}, T = {self.timesteps}, φ = {self.phi}", ""]
@@ -392,6 +408,8 @@ def convert(
     tune_bias: bool | None = None,
     compensate_stream: bool = False,
     tune_reference: str = "auto",
+    tune_epochs: int | None = None,
+    tune_lr: float = DEFAULT_LR,
 ) -> ResNet:
     """Convert a ResNet ANN into a NEW IF spiking ResNet (see the module docstring).
 
@@ -415,6 +433,10 @@ def convert(
         tune_reference: (``ttrbr``) the network the sites aim at: ``ann``, ``clip`` (QCFS
             sites as ``clip(z, 0, λ)``) or ``auto`` (the default: clip when T exceeds the QCFS
             levels, measured at or above ``ann`` there); see ``tune_thresholds``.
+        tune_epochs, tune_lr: (``ttrbr``) after the per-site search, fit every site's
+            per-channel threshold scale and input shift to the ANN's outputs for this many
+            epochs with Adam at ``tune_lr`` (0 = off; None = ``DEFAULT_EPOCHS`` for ttrbr;
+            ``output_calibration``, our design).
 
     Returns the spiking model (eval mode) with ``.config`` (rebuild with
     :func:`build_converted`) and ``.conversion_report`` (:class:`ConversionReport`).
@@ -424,8 +446,11 @@ def convert(
         method, timesteps, percentile, phi,
         channelwise=channelwise, tune_phi=tune_phi, has_data=calibration_data is not None,
         tune_bias=bool(tune_bias), compensate_stream=compensate_stream,
+        tune_epochs=tune_epochs or 0,
     )  # fmt: skip
     tune_bias = method == "ttrbr" if tune_bias is None else tune_bias
+    if tune_epochs is None:
+        tune_epochs = DEFAULT_EPOCHS if method == "ttrbr" else 0
     cfg = check_convertible(ann)
     snn = _spiking_twin(ann, cfg, timesteps, phi)
     batches = None
@@ -441,10 +466,17 @@ def convert(
             progress=progress, guard=tune_guard, tune_bias=tune_bias,
             compensate_stream=compensate_stream, reference=tune_reference,
         )  # fmt: skip
+    calibration = None
+    if method == "ttrbr" and tune_epochs > 0:
+        assert batches is not None
+        calibration = calibrate_outputs(
+            ann, snn, batches, timesteps, tune_epochs, tune_lr, shift=tune_bias, channelwise=channelwise,
+            reference=tune_reference, batch_size=batch_size, progress=progress,
+        )  # fmt: skip
     uses_percentile = method == "robust" or method == "ttrbr"
     report = ConversionReport(
         method, timesteps, phi, percentile if uses_percentile else None, channelwise,
-        initial, _mean_thresholds(snn), tuning,
+        initial, _mean_thresholds(snn), tuning, calibration,
     )  # fmt: skip
     snn.conversion_report = report  # type: ignore[assignment]
     return snn.eval()

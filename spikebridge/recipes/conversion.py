@@ -43,6 +43,7 @@ from spikebridge.engine.runs import measure_run, resolve_device
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import METHODS, convert, resolve_channelwise
 from spikebridge.methods.error_analysis import decompose_errors, plot_errors
+from spikebridge.methods.output_calibration import DEFAULT_EPOCHS, DEFAULT_LR
 from spikebridge.methods.threshold_tuning import REFERENCES
 
 DEFAULT_CALIBRATION = 1024
@@ -133,7 +134,15 @@ def _report_markdown(summary: dict[str, Any], snn: nn.Module) -> str:
     if rep.tuning is not None:
         lines += ["", f"## Threshold tuning at T = {rep.tuning.timesteps}", ""]
         lines += [rep.tuning.to_markdown()]
+    if rep.calibration is not None:
+        lines += ["", f"## Output calibration at T = {rep.calibration.timesteps}", ""]
+        lines += [rep.calibration.to_markdown()]
     return "\n".join(lines) + "\n"
+
+
+def _calibration_epochs(snn: nn.Module) -> int:
+    calibration = snn.conversion_report.calibration  # type: ignore[attr-defined]
+    return 0 if calibration is None else calibration.epochs
 
 
 def convert_run(
@@ -155,6 +164,8 @@ def convert_run(
     tune_bias: bool = True,
     compensate_stream: bool = False,
     tune_reference: str = "auto",
+    tune_epochs: int | None = None,
+    tune_lr: float = DEFAULT_LR,
 ) -> dict[str, Any]:
     """Convert an ANN run folder's model with ``method``; write and return the summary.
 
@@ -177,6 +188,7 @@ def convert_run(
         ann, method, calib, tune_t, percentile, 0.5, channelwise, tune_phi,
         tune_guard=tune_guard, tune_bias=tune_bias and method == "ttrbr",
         compensate_stream=compensate_stream and method == "ttrbr", tune_reference=tune_reference,
+        tune_epochs=tune_epochs if method == "ttrbr" else 0, tune_lr=tune_lr,
     )  # fmt: skip
     convert_s = time.perf_counter() - start
     loader = eval_loader(splits, data, seed, dev, batch_size, max_test_images)
@@ -191,6 +203,7 @@ def convert_run(
         "tune_bias": tune_bias if method == "ttrbr" else None,
         "compensate_stream": compensate_stream if method == "ttrbr" else None,
         "tune_reference": snn.conversion_report.tuning.reference if method == "ttrbr" else None,
+        "tune_epochs": _calibration_epochs(snn), "tune_lr": tune_lr if _calibration_epochs(snn) else None,
     }  # fmt: skip
     summary = {
         **options, "ann_accuracy": ann_acc, "accuracy_by_timestep": result["accuracy_by_timestep"],
@@ -200,6 +213,8 @@ def convert_run(
         "activation": config.get("model", {}).get("activation"), "run_dir": str(out_dir),
         "note": OURS_NOTE,
     }  # fmt: skip
+    if snn.conversion_report.calibration is not None:
+        summary["output_calibration"] = snn.conversion_report.calibration.to_dict()
     snn.set_timesteps(tune_t)  # firing, SOPs and energy at the deployment T (METHODS 3)
     summary.update(measure_run(snn, loader))
     _write_converted(out_dir, config, snn, options, summary, max(wanted))
@@ -335,6 +350,13 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ttrbr (ours): the network the sites aim at: the ANN as trained, "
                         "its clip twin (QCFS sites as clip(z, 0, λ), what IF rates approach as T "
                         "grows) or auto (clip when T exceeds the QCFS levels) (default: auto)")  # fmt: skip
+    parser.add_argument("--tune-epochs", type=int, default=None,
+                        help="ttrbr (ours): after the per-site search, fit every site's "
+                        "per-channel threshold scale and input shift to the ANN's outputs by "
+                        "surrogate gradients for this many epochs; 0 = off (default: "
+                        f"{DEFAULT_EPOCHS})")  # fmt: skip
+    parser.add_argument("--tune-lr", type=float, default=DEFAULT_LR,
+                        help=f"ttrbr (ours): Adam learning rate of that fit (default: {DEFAULT_LR})")  # fmt: skip
     parser.add_argument("--out", help="converted run folder (default: runs/<ann>-<method>-<time>)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
@@ -350,6 +372,7 @@ def run_convert(args: argparse.Namespace) -> int:
         args.device, args.batch_size, max_test_images=args.test_images,
         tune_guard=args.tune_guard, tune_bias=args.tune_bias,
         compensate_stream=args.compensate_stream, tune_reference=args.tune_reference,
+        tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
     )  # fmt: skip
     print(f"run folder: {summary['run_dir']}")
     return 0
