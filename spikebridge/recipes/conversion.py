@@ -319,7 +319,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ann", required=True, metavar="RUN", help="trained ANN run folder")
     parser.add_argument("--method", required=True, help="maxnorm (Diehl 2015), robust "
                         "(Rueckauer 2017), qcfs (Bu 2022, needs a clip/qcfs ANN) or ttrbr "
-                        "(OUR design on the TTRBR abstract: threshold + bias tuning, METHODS 2.4)")  # fmt: skip
+                        "(OUR design on the TTRBR abstract: threshold + bias tuning, then output "
+                        "calibration, METHODS 2.4)")  # fmt: skip
     parser.add_argument("--timesteps", default="1,2,4,8,16,32",
                         help="report these T (one simulation at the largest; every t <= max "
                         "is in summary.json) (default: 1,2,4,8,16,32)")  # fmt: skip
