@@ -92,13 +92,11 @@ class _ScaledNeuron(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(channels if channelwise else (), device=device))
         self.shift = nn.Parameter(torch.zeros(channels, device=device)) if shift else None
 
-    def _per_channel(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return p.view(-1, *([1] * (x.dim() - 3)))  # x is [T, B, C, ...]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self._per_channel(self.log_scale.exp(), x)
+        per_channel = self.neuron._broadcast  # the neuron's own shaping of a [C] θ over x
+        s = per_channel(self.log_scale.exp(), x)
         if self.shift is not None:
-            x = x + self._per_channel(self.shift, x)
+            x = x + per_channel(self.shift, x)
         return self.neuron(x / s) * s
 
     def fold(self, conv: nn.Conv2d | None) -> SpikingNeuron:
@@ -202,7 +200,7 @@ def calibrate_outputs(
         site.neuron = w  # type: ignore[assignment]
     params = [p for w in wrappers for p in w.parameters()]
     try:
-        report = _fit(
+        train_loss, held_loss, best_epoch = _fit(
             snn, params, (fit, targets["fit"]), held_batches, epochs, lr, batch_size, seed, progress
         )
     finally:
@@ -210,8 +208,11 @@ def calibrate_outputs(
             site.neuron = w.fold(conv)
         for p, flag in frozen:
             p.requires_grad_(flag)
-    report.timesteps, report.reference = timesteps, reference
-    return report
+    return CalibrationReport(
+        timesteps=timesteps, epochs=epochs, lr=lr, reference=reference, fit_images=len(fit),
+        holdout_images=len(held), train_loss=train_loss, holdout_loss=held_loss,
+        best_epoch=best_epoch,
+    )  # fmt: skip
 
 
 def _fit(
@@ -224,8 +225,9 @@ def _fit(
     batch_size: int,
     seed: int,
     progress: bool,
-) -> CalibrationReport:
-    """Adam over the fit images; keeps (in ``params``) the epoch with the lowest held-out loss."""
+) -> tuple[list[float], list[float], int]:
+    """Adam over the fit images; keeps (in ``params``) the epoch with the lowest held-out loss.
+    Returns the fit loss per epoch, the held-out loss before and after each, the kept epoch."""
     x_fit, t_fit = data
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -254,8 +256,4 @@ def _fit(
     with torch.no_grad():
         for p, kept in zip(params, best[1], strict=True):
             p.copy_(kept)
-    return CalibrationReport(
-        timesteps=0, epochs=epochs, lr=lr, reference="", fit_images=len(x_fit),
-        holdout_images=sum(len(x) for x, _ in held), train_loss=train_loss,
-        holdout_loss=held_loss, best_epoch=best[0],
-    )  # fmt: skip
+    return train_loss, held_loss, best[0]

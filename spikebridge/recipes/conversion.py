@@ -194,6 +194,7 @@ def convert_run(
     loader = eval_loader(splits, data, seed, dev, batch_size, max_test_images)
     ann_acc = evaluate(ann, loader)["accuracy"]
     result = evaluate(snn, loader, timesteps=max(wanted))
+    epochs = _calibration_epochs(snn)
     options = {
         "ann_run": str(ann_run), "method": method, "timesteps": wanted,
         "tune_timesteps": tune_t if method == "ttrbr" else None,
@@ -203,7 +204,7 @@ def convert_run(
         "tune_bias": tune_bias if method == "ttrbr" else None,
         "compensate_stream": compensate_stream if method == "ttrbr" else None,
         "tune_reference": snn.conversion_report.tuning.reference if method == "ttrbr" else None,
-        "tune_epochs": _calibration_epochs(snn), "tune_lr": tune_lr if _calibration_epochs(snn) else None,
+        "tune_epochs": epochs, "tune_lr": tune_lr if epochs else None,
     }  # fmt: skip
     summary = {
         **options, "ann_accuracy": ann_acc, "accuracy_by_timestep": result["accuracy_by_timestep"],
