@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def spawn_ranks(worker: Callable[[int, int, str], None], root: Path, attempts: int = 3) -> Path:
+    """Run ``worker(rank, port, folder)`` on WORLD processes; return the folder it used.
+
+    The port is free when picked but not reserved: until rank 0's store binds it (seconds,
+    while the children import torch), another process on the machine (e.g. the other
+    xdist worker's gloo sockets) can take it. Only that failure, "address already in
+    use", is retried, with a new port and an empty folder; every other error is raised.
+    """
+    for attempt in range(attempts):
+        folder = root / f"attempt{attempt}"
+        folder.mkdir()
+        try:
+            mp.spawn(worker, args=(free_port(), str(folder)), nprocs=WORLD, join=True)
+            return folder
+        except mp.ProcessRaisedException as error:
+            if "address already in use" not in str(error).lower() or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def set_env(rank: int, world: int, port: int) -> None:
@@ -119,7 +140,7 @@ def test_env_world_rejects_bad_rank(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
-    mp.spawn(_ddp_fit_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    tmp_path = spawn_ranks(_ddp_fit_worker, tmp_path)
     single, single_result = fit_once(0, 1, tmp_path / "single")
     outs = [torch.load(tmp_path / f"out{r}.pt", weights_only=False) for r in range(WORLD)]
     for out in outs:  # both ranks hold the same selected weights as the single process
@@ -137,7 +158,7 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
 
 
 def test_train_run_under_torchrun_env(tmp_path: Path) -> None:
-    mp.spawn(_train_run_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    tmp_path = spawn_ranks(_train_run_worker, tmp_path)
     run = tmp_path / "run"
     summary = json.loads((run / ckpt.SUMMARY_FILE).read_text())
     assert summary["epochs"] == 1 and 0.0 <= summary["test_accuracy"] <= 1.0
