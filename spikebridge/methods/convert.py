@@ -57,6 +57,7 @@ from spikebridge.methods.error_analysis import (
 from spikebridge.methods.output_calibration import (
     DEFAULT_EPOCHS,
     DEFAULT_LR,
+    DEFAULT_SCHEDULE,
     CalibrationReport,
     calibrate_outputs,
 )
@@ -410,6 +411,7 @@ def convert(
     tune_reference: str = "auto",
     tune_epochs: int | None = None,
     tune_lr: float = DEFAULT_LR,
+    tune_schedule: str = DEFAULT_SCHEDULE,
 ) -> ResNet:
     """Convert a ResNet ANN into a NEW IF spiking ResNet (see the module docstring).
 
@@ -437,6 +439,7 @@ def convert(
             per-channel threshold scale and input shift to the ANN's outputs for this many
             epochs with Adam at ``tune_lr`` (0 = off; None = ``DEFAULT_EPOCHS`` for ttrbr;
             ``output_calibration``, our design).
+        tune_schedule: (``ttrbr``) that fit's rate schedule: ``cosine`` (to 0) or ``constant``.
 
     Returns the spiking model (eval mode) with ``.config`` (rebuild with
     :func:`build_converted`) and ``.conversion_report`` (:class:`ConversionReport`).
@@ -470,8 +473,9 @@ def convert(
     if method == "ttrbr" and tune_epochs > 0:
         assert batches is not None
         calibration = calibrate_outputs(
-            ann, snn, batches, timesteps, tune_epochs, tune_lr, shift=tune_bias, channelwise=channelwise,
-            reference=tune_reference, batch_size=batch_size, progress=progress,
+            ann, snn, batches, timesteps, tune_epochs, tune_lr, tune_schedule, shift=tune_bias,
+            channelwise=channelwise, reference=tune_reference, batch_size=batch_size,
+            progress=progress,
         )  # fmt: skip
     uses_percentile = method == "robust" or method == "ttrbr"
     report = ConversionReport(

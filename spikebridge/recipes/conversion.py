@@ -43,7 +43,12 @@ from spikebridge.engine.runs import measure_run, resolve_device
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import METHODS, convert, resolve_channelwise
 from spikebridge.methods.error_analysis import decompose_errors, plot_errors
-from spikebridge.methods.output_calibration import DEFAULT_EPOCHS, DEFAULT_LR
+from spikebridge.methods.output_calibration import (
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_SCHEDULE,
+    SCHEDULES,
+)
 from spikebridge.methods.threshold_tuning import REFERENCES
 
 DEFAULT_CALIBRATION = 1024
@@ -166,6 +171,7 @@ def convert_run(
     tune_reference: str = "auto",
     tune_epochs: int | None = None,
     tune_lr: float = DEFAULT_LR,
+    tune_schedule: str = DEFAULT_SCHEDULE,
 ) -> dict[str, Any]:
     """Convert an ANN run folder's model with ``method``; write and return the summary.
 
@@ -189,6 +195,7 @@ def convert_run(
         tune_guard=tune_guard, tune_bias=tune_bias and method == "ttrbr",
         compensate_stream=compensate_stream and method == "ttrbr", tune_reference=tune_reference,
         tune_epochs=tune_epochs if method == "ttrbr" else 0, tune_lr=tune_lr,
+        tune_schedule=tune_schedule,
     )  # fmt: skip
     convert_s = time.perf_counter() - start
     loader = eval_loader(splits, data, seed, dev, batch_size, max_test_images)
@@ -205,6 +212,7 @@ def convert_run(
         "compensate_stream": compensate_stream if method == "ttrbr" else None,
         "tune_reference": snn.conversion_report.tuning.reference if method == "ttrbr" else None,
         "tune_epochs": epochs, "tune_lr": tune_lr if epochs else None,
+        "tune_schedule": tune_schedule if epochs else None,
     }  # fmt: skip
     summary = {
         **options, "ann_accuracy": ann_acc, "accuracy_by_timestep": result["accuracy_by_timestep"],
@@ -359,6 +367,9 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_EPOCHS})")  # fmt: skip
     parser.add_argument("--tune-lr", type=float, default=DEFAULT_LR,
                         help=f"ttrbr (ours): Adam learning rate of that fit (default: {DEFAULT_LR})")  # fmt: skip
+    parser.add_argument("--tune-schedule", choices=SCHEDULES, default=DEFAULT_SCHEDULE,
+                        help="ttrbr (ours): that fit's rate schedule, cosine decay to 0 or "
+                        f"constant (default: {DEFAULT_SCHEDULE})")  # fmt: skip
     parser.add_argument("--out", help="converted run folder (default: runs/<ann>-<method>-<time>)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
@@ -374,7 +385,7 @@ def run_convert(args: argparse.Namespace) -> int:
         args.device, args.batch_size, max_test_images=args.test_images,
         tune_guard=args.tune_guard, tune_bias=args.tune_bias,
         compensate_stream=args.compensate_stream, tune_reference=args.tune_reference,
-        tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
+        tune_epochs=args.tune_epochs, tune_lr=args.tune_lr, tune_schedule=args.tune_schedule,
     )  # fmt: skip
     print(f"run folder: {summary['run_dir']}")
     return 0

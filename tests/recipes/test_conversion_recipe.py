@@ -152,20 +152,23 @@ def test_convert_defaults_to_auto_and_records_the_reference_it_resolved(ann_runs
 def test_convert_records_the_output_calibration_it_ran(ann_runs, tmp_path):
     argv = ["convert", "--ann", str(ann_runs["qcfs"]), "--method", "ttrbr", "--timesteps", "2",
             "--calibration-size", "16", "--out", str(tmp_path / "c"), "--device", "cpu",
-            "--test-images", "8", "--tune-epochs", "2", "--tune-lr", "0.02"]  # fmt: skip
+            "--test-images", "8", "--tune-epochs", "2", "--tune-lr", "0.02",
+            "--tune-schedule", "constant"]  # fmt: skip
     assert main(argv) == 0
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert (summary["tune_epochs"], summary["tune_lr"]) == (2, 0.02)
+    assert summary["tune_schedule"] == summary["output_calibration"]["schedule"] == "constant"
     calibration = summary["output_calibration"]
     assert (calibration["fit_images"], calibration["holdout_images"]) == (12, 4)
     assert len(calibration["holdout_loss"]) == 3
     assert "## Output calibration at T = 2" in (tmp_path / "c" / "conversion.md").read_text()
     off = convert_run(ann_runs["qcfs"], "ttrbr", [2], calibration_size=16, out=tmp_path / "o",
                       device="cpu", log=quiet, max_test_images=8, tune_epochs=0)  # fmt: skip
-    assert off["tune_epochs"] == 0 and off["tune_lr"] is None and "output_calibration" not in off
+    assert off["tune_epochs"] == 0 and off["tune_lr"] is None and off["tune_schedule"] is None
+    assert "output_calibration" not in off
     default = convert_run(ann_runs["qcfs"], "ttrbr", [2], calibration_size=16, out=tmp_path / "d",
                           device="cpu", log=quiet, max_test_images=8)  # fmt: skip
-    assert default["tune_epochs"] == 3
+    assert (default["tune_epochs"], default["tune_schedule"]) == (6, "cosine")
 
 
 def test_compare_scores_both_runs_on_the_same_images(ann_runs, tmp_path, capsys):
