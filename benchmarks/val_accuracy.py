@@ -1,0 +1,55 @@
+"""Accuracy of an ANN, its clip twin and conversions of it on the ANN run's VALIDATION split.
+
+For choosing conversion settings without touching the test file: the validation images come
+from the training file and were held out of the ANN's training (the run's ``val_size``).
+
+    python benchmarks/val_accuracy.py --ann runs/seed3/anns/resnet110-pre-add-qcfs \\
+        runs/seed3/conversions/resnet110-pre-add-qcfs-qcfs runs/seed3/check-h/ttrbr-t8 \\
+        --timesteps 4,8
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from spikebridge.data.loader import DeviceLoader
+from spikebridge.engine import checkpoint as ckpt
+from spikebridge.methods.threshold_tuning import clip_reference
+from spikebridge.recipes.conversion import run_data
+
+
+def accuracy(model: torch.nn.Module, batches: list, timesteps: int | None = None) -> float:
+    """Top-1 accuracy (%) of ``model`` on ``batches`` (a spiking model at ``timesteps``)."""
+    model.eval()
+    if timesteps is not None:
+        model.set_timesteps(timesteps)  # type: ignore[operator]
+    with torch.no_grad():
+        hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
+    return 100 * hits / sum(len(y) for _, y in batches)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ann", required=True, help="the ANN run folder (its split is used)")
+    parser.add_argument("runs", nargs="*", help="conversion run folders of that ANN")
+    parser.add_argument("--timesteps", default="4,8", help="T to simulate the conversions at")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cpu = torch.device("cpu")
+    ann, config = ckpt.load_run(args.ann, cpu)
+    splits, _, seed = run_data(config)
+    val = list(DeviceLoader(splits.val_x, splits.val_y, 500, splits.info, cpu,
+                            shuffle=False, augment=False, seed=seed))  # fmt: skip
+    print(f"{len(splits.val_y)} validation images of {args.ann}")
+    print(f"ANN: {accuracy(ann, val):.2f} %, clip twin: {accuracy(clip_reference(ann), val):.2f} %")
+    steps = [int(t) for t in args.timesteps.split(",")]
+    for run in args.runs:
+        snn, _ = ckpt.load_run(run, cpu)
+        cells = ", ".join(f"T = {t}: {accuracy(snn, val, t):.2f} %" for t in steps)
+        print(f"{run}: {cells}")
+
+
+if __name__ == "__main__":
+    main()
