@@ -20,13 +20,12 @@ import json
 import time
 
 import torch
+from val_accuracy import correct, load_with_validation  # this folder (run as a script)
 
 from spikebridge.analysis.paired import mcnemar_exact
-from spikebridge.data.loader import DeviceLoader
-from spikebridge.engine import checkpoint as ckpt
 from spikebridge.methods.convert import convert
 from spikebridge.methods.output_calibration import calibrate_outputs
-from spikebridge.recipes.conversion import calibration_images, run_data
+from spikebridge.recipes.conversion import calibration_images
 
 # name -> (calibration images, epochs, schedule); learning rate 0.01 throughout
 VARIANTS = {
@@ -38,15 +37,6 @@ VARIANTS = {
 }
 
 
-def correct(model: torch.nn.Module, batches: list, timesteps: int | None) -> list[bool]:
-    """Per-image correctness of ``model`` on ``batches`` (spiking models at ``timesteps``)."""
-    model.eval()
-    if timesteps is not None:
-        model.set_timesteps(timesteps)  # type: ignore[operator]
-    with torch.no_grad():
-        return [bool(v) for x, y in batches for v in model(x).argmax(1) == y]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ann", required=True, help="a QCFS / clip / ReLU ANN run folder")
@@ -55,12 +45,8 @@ def main() -> None:
     parser.add_argument("--json", help="write per-image correctness per variant here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cpu = torch.device("cpu")
-    ann, config = ckpt.load_run(args.ann, cpu)
-    splits, _, seed = run_data(config)
-    val = list(DeviceLoader(splits.val_x, splits.val_y, 500, splits.info, cpu,
-                            shuffle=False, augment=False, seed=seed))  # fmt: skip
-    images = {n: calibration_images(splits, n, seed, cpu) for n in (1024, 2048)}
+    ann, splits, seed, val = load_with_validation(args.ann)
+    images = {n: calibration_images(splits, n, seed, torch.device("cpu")) for n in (1024, 2048)}
     start = time.perf_counter()
     searched = convert(ann, "ttrbr", images[1024], args.timesteps, tune_epochs=0)
     print(f"per-site search: {time.perf_counter() - start:.0f} s")

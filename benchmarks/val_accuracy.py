@@ -11,6 +11,7 @@ from the training file and were held out of the ANN's training (the run's ``val_
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 
@@ -20,14 +21,29 @@ from spikebridge.methods.threshold_tuning import clip_reference
 from spikebridge.recipes.conversion import run_data
 
 
-def accuracy(model: torch.nn.Module, batches: list, timesteps: int | None = None) -> float:
-    """Top-1 accuracy (%) of ``model`` on ``batches`` (a spiking model at ``timesteps``)."""
+def load_with_validation(ann_run: str) -> tuple[torch.nn.Module, Any, int, list]:
+    """The ANN of ``ann_run`` (on the CPU), its splits, seed and validation batches of 500."""
+    cpu = torch.device("cpu")
+    ann, config = ckpt.load_run(ann_run, cpu)
+    splits, _, seed = run_data(config)
+    val = list(DeviceLoader(splits.val_x, splits.val_y, 500, splits.info, cpu,
+                            shuffle=False, augment=False, seed=seed))  # fmt: skip
+    return ann, splits, seed, val
+
+
+def correct(model: torch.nn.Module, batches: list, timesteps: int | None = None) -> list[bool]:
+    """Per-image correctness of ``model`` on ``batches`` (a spiking model at ``timesteps``)."""
     model.eval()
     if timesteps is not None:
         model.set_timesteps(timesteps)  # type: ignore[operator]
     with torch.no_grad():
-        hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
-    return 100 * hits / sum(len(y) for _, y in batches)
+        return [bool(v) for x, y in batches for v in model(x).argmax(1) == y]
+
+
+def accuracy(model: torch.nn.Module, batches: list, timesteps: int | None = None) -> float:
+    """Top-1 accuracy (%) of ``model`` on ``batches``."""
+    hits = correct(model, batches, timesteps)
+    return 100 * sum(hits) / len(hits)
 
 
 def main() -> None:
@@ -37,16 +53,12 @@ def main() -> None:
     parser.add_argument("--timesteps", default="4,8", help="T to simulate the conversions at")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cpu = torch.device("cpu")
-    ann, config = ckpt.load_run(args.ann, cpu)
-    splits, _, seed = run_data(config)
-    val = list(DeviceLoader(splits.val_x, splits.val_y, 500, splits.info, cpu,
-                            shuffle=False, augment=False, seed=seed))  # fmt: skip
+    ann, splits, _, val = load_with_validation(args.ann)
     print(f"{len(splits.val_y)} validation images of {args.ann}")
     print(f"ANN: {accuracy(ann, val):.2f} %, clip twin: {accuracy(clip_reference(ann), val):.2f} %")
     steps = [int(t) for t in args.timesteps.split(",")]
     for run in args.runs:
-        snn, _ = ckpt.load_run(run, cpu)
+        snn, _ = ckpt.load_run(run, torch.device("cpu"))
         cells = ", ".join(f"T = {t}: {accuracy(snn, val, t):.2f} %" for t in steps)
         print(f"{run}: {cells}")
 
