@@ -20,9 +20,10 @@ import json
 import time
 
 import torch
-from val_accuracy import correct, load_with_validation  # this folder (run as a script)
+from val_accuracy import load_with_validation  # this folder (run as a script)
 
-from spikebridge.analysis.paired import mcnemar_exact
+from spikebridge.analysis.paired import paired_rows
+from spikebridge.engine.evaluate import per_image_correct
 from spikebridge.methods.convert import convert
 from spikebridge.methods.output_calibration import calibrate_outputs
 from spikebridge.recipes.conversion import calibration_images
@@ -47,32 +48,29 @@ def main() -> None:
     torch.set_num_threads(1)
     ann, splits, seed, val = load_with_validation(args.ann)
     images = {n: calibration_images(splits, n, seed, torch.device("cpu")) for n in (1024, 2048)}
+    t = args.timesteps
     start = time.perf_counter()
-    searched = convert(ann, "ttrbr", images[1024], args.timesteps, tune_epochs=0)
+    searched = convert(ann, "ttrbr", images[1024], t, tune_epochs=0)
     print(f"per-site search: {time.perf_counter() - start:.0f} s")
-    results = {"ann": correct(ann, val, None), "search": correct(searched, val, args.timesteps)}
-    for name in args.variants.split(","):
+    results = {"ann": per_image_correct(ann, val), "search": per_image_correct(searched, val, t)}
+    chosen = args.variants.split(",")
+    for name in chosen:
         count, epochs, schedule = VARIANTS[name]
         snn = copy.deepcopy(searched)
         start = time.perf_counter()
-        report = calibrate_outputs(ann, snn, images[count], args.timesteps, epochs, 0.01, schedule)
-        results[name] = correct(snn, val, args.timesteps)
+        report = calibrate_outputs(ann, snn, images[count], t, epochs, 0.01, schedule)
+        results[name] = per_image_correct(snn, val, t)
         print(f"{name}: {time.perf_counter() - start:.0f} s, held-out loss "
               f"{[round(v, 3) for v in report.holdout_loss]}, kept epoch {report.best_epoch}")  # fmt: skip
-    names = list(results)
-    base = results[names[2]] if len(names) > 2 else results["search"]
-    print(f"\n| variant | val accuracy | - {names[2] if len(names) > 2 else 'search'} | p |")
+    base = results[chosen[0]]
+    print(f"\n| variant | val accuracy | - {chosen[0]} | p |")
     print("|---|---|---|---|")
-    for name in names:
-        got = results[name]
-        a_only = sum(a and not b for a, b in zip(base, got, strict=True))
-        b_only = sum(b and not a for a, b in zip(base, got, strict=True))
-        diff = 100 * (b_only - a_only) / len(got)
-        print(f"| {name} | {100 * sum(got) / len(got):.2f} | {diff:+.2f} | "
-              f"{mcnemar_exact(a_only, b_only):.2g} |")  # fmt: skip
+    for name, got in results.items():
+        row = paired_rows(base, got, [t])[0]
+        print(f"| {name} | {100 * row.acc_b:.2f} | {100 * row.diff:+.2f} | {row.p_value:.2g} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f)
+            json.dump({name: got[-1].tolist() for name, got in results.items()}, f)
 
 
 if __name__ == "__main__":

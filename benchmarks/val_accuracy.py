@@ -17,6 +17,7 @@ import torch
 
 from spikebridge.data.loader import DeviceLoader
 from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine.evaluate import per_image_correct
 from spikebridge.methods.threshold_tuning import clip_reference
 from spikebridge.recipes.conversion import run_data
 
@@ -31,19 +32,9 @@ def load_with_validation(ann_run: str) -> tuple[torch.nn.Module, Any, int, list]
     return ann, splits, seed, val
 
 
-def correct(model: torch.nn.Module, batches: list, timesteps: int | None = None) -> list[bool]:
-    """Per-image correctness of ``model`` on ``batches`` (a spiking model at ``timesteps``)."""
-    model.eval()
-    if timesteps is not None:
-        model.set_timesteps(timesteps)  # type: ignore[operator]
-    with torch.no_grad():
-        return [bool(v) for x, y in batches for v in model(x).argmax(1) == y]
-
-
 def accuracy(model: torch.nn.Module, batches: list, timesteps: int | None = None) -> float:
-    """Top-1 accuracy (%) of ``model`` on ``batches``."""
-    hits = correct(model, batches, timesteps)
-    return 100 * sum(hits) / len(hits)
+    """Top-1 accuracy (%) after ``timesteps`` steps (an ANN: its one output)."""
+    return 100 * per_image_correct(model, batches, timesteps)[-1].double().mean().item()
 
 
 def main() -> None:
