@@ -77,7 +77,7 @@ from spikebridge.methods.error_analysis import (
 )
 from spikebridge.models.resnet import Bottleneck, ResNet
 from spikebridge.nn.activations import QCFS, Clip
-from spikebridge.nn.neurons import SpikingNeuron
+from spikebridge.nn.neurons import SpikingNeuron, per_channel_view
 from spikebridge.nn.temporal import SpikingSite, fold, unfold
 
 DEFAULT_SCALE_GRID = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2)
@@ -204,18 +204,12 @@ def _site_sse(
     for i, (xa, xs) in enumerate(inputs):
         a = _with_gap(capture(ann, ann_site, xa, "output").to(xs.device), gaps, i)
         u = unfold(capture(snn, snn_site, xs, "input"), snn_site.timesteps)
-        shifted = u if delta is None else u + _per_channel(delta, u.dim() - 1)
+        shifted = u if delta is None else u + per_channel_view(delta, u.dim() - 1)
         part = torch.stack([_sse_per_channel(p, shifted if sh else u, a) for p, sh in probes])
         sse = part if sse is None else sse + part
         count += a.numel()
     assert sse is not None  # calibration_batches never returns an empty list
     return sse, count
-
-
-def _per_channel(values: torch.Tensor, dims: int) -> torch.Tensor:
-    """``[C]`` -> a shape that broadcasts over ``[..., C, *spatial]`` with ``dims`` = rank
-    of one step's tensor ``[B, C, ...]``."""
-    return values.view(-1, *([1] * (dims - 2)))
 
 
 def _mean_current_gap(

@@ -133,6 +133,12 @@ class _FusedNeuron(torch.autograd.Function):
         return (grad_x,) + (None,) * 8
 
 
+def per_channel_view(p: torch.Tensor, step_rank: int) -> torch.Tensor:
+    """A scalar, or a per-channel ``[C]`` tensor shaped to broadcast over one step
+    ``[B, C, *spatial]`` of rank ``step_rank`` (thresholds, φ, tuning shifts)."""
+    return p if p.dim() == 0 else p.view(-1, *([1] * (step_rank - 2)))
+
+
 class SpikingNeuron(nn.Module):
     """Multi-step neuron with charge/fire/reset dynamics (see module docstring).
 
@@ -175,8 +181,7 @@ class SpikingNeuron(nn.Module):
 
     def _broadcast(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Shape a scalar or per-channel ``[C]`` parameter for one step ``x[t]`` of ``[B, C, ...]``."""
-        p = p.to(dtype=x.dtype, device=x.device)
-        return p if p.dim() == 0 else p.view(-1, *([1] * (x.dim() - 3)))
+        return per_channel_view(p.to(dtype=x.dtype, device=x.device), x.dim() - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Simulate ``x[T, B, ...]`` (input currents) and return spikes ``[T, B, ...]``."""
