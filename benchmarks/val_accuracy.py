@@ -1,7 +1,9 @@
 """Accuracy of an ANN, its clip twin and conversions of it on the ANN run's VALIDATION split.
 
 For choosing conversion settings without touching the test file: the validation images come
-from the training file and were held out of the ANN's training (the run's ``val_size``).
+from the training file and were held out of the ANN's training (the run's ``val_size``). Each
+conversion is simulated once, at the largest T asked for; with two or more conversions, each
+is also compared, paired, with the first (difference and exact McNemar p per T).
 
     python benchmarks/val_accuracy.py --ann runs/seed3/anns/resnet110-pre-add-qcfs \\
         runs/seed3/conversions/resnet110-pre-add-qcfs-qcfs runs/seed3/check-h/ttrbr-t8 \\
@@ -15,6 +17,7 @@ from typing import Any
 
 import torch
 
+from spikebridge.analysis.paired import paired_rows
 from spikebridge.data.loader import DeviceLoader
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine.evaluate import per_image_correct
@@ -48,10 +51,18 @@ def main() -> None:
     print(f"{len(splits.val_y)} validation images of {args.ann}")
     print(f"ANN: {accuracy(ann, val):.2f} %, clip twin: {accuracy(clip_reference(ann), val):.2f} %")
     steps = [int(t) for t in args.timesteps.split(",")]
+    first = None
     for run in args.runs:
         snn, _ = ckpt.load_run(run, torch.device("cpu"))
-        cells = ", ".join(f"T = {t}: {accuracy(snn, val, t):.2f} %" for t in steps)
-        print(f"{run}: {cells}")
+        correct = per_image_correct(snn, val, max(steps))
+        first = correct if first is None else first
+        rows = paired_rows(first, correct, steps)
+        cells = ", ".join(
+            f"T = {r.t}: {100 * r.acc_b:.2f} %"
+            + ("" if correct is first else f" ({100 * r.diff:+.2f}, p {r.p_value:.2g})")
+            for r in rows
+        )
+        print(f"{run}: {cells}", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,10 @@ Spec keys (YAML top level, profiles merged over it)::
     tune_bias: true                 # ttrbr: also try the per-channel input-current shift
     compensate_stream: false        # ttrbr, pre-add: each block's last site corrects the
                                     # residual stream's error (METHODS 2.4, ours)
-    tune_reference: auto            # ttrbr: the network the sites aim at: ann, clip or auto
-                                    # (clip when T > the QCFS levels; measured, RESULTS.md)
+    tune_reference: select          # ttrbr: the network the sites aim at: ann, clip, auto
+                                    # (clip when T > the QCFS levels) or select (both tried,
+                                    # the one more accurate on held-out images kept)
+    selection_size: 2000            # ttrbr, select: held-out labelled images that decide
     tune_epochs: null               # ttrbr: epochs of output calibration (null = the default,
                                     # 0 = off; METHODS 2.4 extension, ours)
     skip: {resnet110-post-add-qcfs: "why"}  # arms not run; the table says why
@@ -61,7 +63,7 @@ from spikebridge.engine.runs import train_run
 from spikebridge.errors import ConfigError, SpikebridgeError
 from spikebridge.experiments import register_experiment
 from spikebridge.methods.convert import METHODS
-from spikebridge.recipes.conversion import DEFAULT_TIMESTEPS, convert_run
+from spikebridge.recipes.conversion import DEFAULT_SELECTION, DEFAULT_TIMESTEPS, convert_run
 
 METHOD_ACTIVATIONS = {
     "maxnorm": ("relu",),
@@ -179,8 +181,9 @@ def _convert_once(
         tune_guard=bool(spec.get("tune_guard", True)), log=log,
         tune_bias=bool(spec.get("tune_bias", True)),
         compensate_stream=bool(spec.get("compensate_stream", False)),
-        tune_reference=str(spec.get("tune_reference", "auto")),
+        tune_reference=str(spec.get("tune_reference", "select")),
         tune_epochs=None if spec.get("tune_epochs") is None else int(spec["tune_epochs"]),
+        selection_size=int(spec.get("selection_size", DEFAULT_SELECTION)),
     )  # fmt: skip
 
 

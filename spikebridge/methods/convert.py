@@ -18,8 +18,12 @@ Thresholds ``θ_l`` per method (METHODS 2.6 baselines, 2.4 ours):
 - ``ttrbr`` (**our design** on the TTRBR abstract): ``λ`` for clip/qcfs sites, the robust
   percentile for ReLU sites, then :func:`~spikebridge.methods.threshold_tuning.tune_thresholds`
   at the target T (threshold scale per site, and by default a per-channel bias shift of the
-  site's input current folded into the conv before it). Residual block restructuring (METHODS 2.5, our design) is the ANN's
-  ``block="pre-add"``, which the twin inherits.
+  site's input current folded into the conv before it), then an output calibration of every
+  site's threshold scale and shift (:mod:`~spikebridge.methods.output_calibration`); the
+  network these aim at (the ANN or its clip twin) is chosen on held-out labelled images when
+  they are given (:mod:`~spikebridge.methods.reference_selection`). Residual block
+  restructuring (METHODS 2.5, our design) is the ANN's ``block="pre-add"``, which the twin
+  inherits.
 
 For clip/qcfs sites the statistics are capped at ``λ`` (the ANN never outputs more).
 Statistics come from forward pre-hooks on the ANN's sites (the pre-activation is what the
@@ -61,11 +65,24 @@ from spikebridge.methods.output_calibration import (
     CalibrationReport,
     calibrate_outputs,
 )
-from spikebridge.methods.threshold_tuning import DEFAULT_SCALE_GRID, TuningReport, tune_thresholds
+from spikebridge.methods.reference_selection import (
+    SelectionReport,
+    labelled_batches,
+    select_reference,
+)
+from spikebridge.methods.threshold_tuning import (
+    DEFAULT_SCALE_GRID,
+    REFERENCES,
+    TuningReport,
+    qcfs_levels,
+    tune_thresholds,
+)
 from spikebridge.models.registry import ModelConfig, build_from_config
 from spikebridge.models.resnet import BasicBlock, Bottleneck, ResNet
 
 METHODS = ("maxnorm", "robust", "qcfs", "ttrbr")
+TUNE_REFERENCES = (*REFERENCES, "select")  # select: per ANN, on held-out labelled images
+SELECT_CANDIDATES = ("ann", "clip")  # in tie-break order
 HIST_BINS = 4096  # log-spaced histogram bins for percentiles
 HIST_DECADES = 6  # the histogram spans [max·1e-6, max]
 FALLBACK_THRESHOLD = 1.0  # θ for a site (channel) that never sees a positive input
@@ -355,6 +372,7 @@ class ConversionReport:
     thresholds: dict[str, float]  # mean θ per site in the returned model
     tuning: TuningReport | None = None
     calibration: CalibrationReport | None = None  # output calibration (ttrbr, tune_epochs)
+    selection: SelectionReport | None = None  # tune_reference "select": what each scored
 
     def to_markdown(self) -> str:
         lines = [f"method {self.method}, T = {self.timesteps}, φ = {self.phi}", ""]
@@ -408,10 +426,11 @@ def convert(
     tune_guard: bool = True,
     tune_bias: bool | None = None,
     compensate_stream: bool = False,
-    tune_reference: str = "auto",
+    tune_reference: str | None = None,
     tune_epochs: int | None = None,
     tune_lr: float = DEFAULT_LR,
     tune_schedule: str = DEFAULT_SCHEDULE,
+    selection_data: Any = None,
 ) -> ResNet:
     """Convert a ResNet ANN into a NEW IF spiking ResNet (see the module docstring).
 
@@ -433,13 +452,17 @@ def convert(
         compensate_stream: (``ttrbr``, pre-add ResNets) the last site of each block also
             corrects the residual stream's error (see ``tune_thresholds``).
         tune_reference: (``ttrbr``) the network the sites aim at: ``ann``, ``clip`` (QCFS
-            sites as ``clip(z, 0, λ)``) or ``auto`` (the default: clip when T exceeds the QCFS
-            levels, measured at or above ``ann`` there); see ``tune_thresholds``.
+            sites as ``clip(z, 0, λ)``), ``auto`` (clip when T exceeds the QCFS levels; see
+            ``tune_thresholds``) or ``select`` (tune towards both, keep the one more accurate
+            on ``selection_data``; :mod:`~spikebridge.methods.reference_selection`). None
+            (the default) = ``select`` when ``selection_data`` is given, else ``auto``.
         tune_epochs, tune_lr: (``ttrbr``) after the per-site search, fit every site's
             per-channel threshold scale and input shift to the ANN's outputs for this many
             epochs with Adam at ``tune_lr`` (0 = off; None = ``DEFAULT_EPOCHS`` for ttrbr;
             ``output_calibration``, our design).
         tune_schedule: (``ttrbr``) that fit's rate schedule: ``cosine`` (to 0) or ``constant``.
+        selection_data: (``ttrbr``) labelled held-out ``(images, labels)`` batches, disjoint
+            from the calibration images, for ``tune_reference="select"``.
 
     Returns the spiking model (eval mode) with ``.config`` (rebuild with
     :func:`build_converted`) and ``.conversion_report`` (:class:`ConversionReport`).
@@ -461,26 +484,94 @@ def convert(
         batches = calibration_batches(calibration_data, batch_size, model_device(ann))
     _set_neurons(snn, activation_thresholds(ann, batches, method, percentile, channelwise), phi)
     initial = _mean_thresholds(snn)
-    tuning = None
+    tuning = calibration = selection = None
     if method == "ttrbr":
         assert batches is not None  # _check_args refuses ttrbr without calibration data
-        tuning = tune_thresholds(
-            ann, snn, batches, timesteps, grid, channelwise, tune_phi,
-            progress=progress, guard=tune_guard, tune_bias=tune_bias,
-            compensate_stream=compensate_stream, reference=tune_reference,
+        tune = _TtrbrTuning(
+            ann, batches, timesteps, grid, channelwise, tune_phi, progress, tune_guard,
+            tune_bias, compensate_stream, tune_epochs, tune_lr, tune_schedule, batch_size,
         )  # fmt: skip
-    calibration = None
-    if method == "ttrbr" and tune_epochs > 0:
-        assert batches is not None
-        calibration = calibrate_outputs(
-            ann, snn, batches, timesteps, tune_epochs, tune_lr, tune_schedule, shift=tune_bias,
-            channelwise=channelwise, reference=tune_reference, batch_size=batch_size,
-            progress=progress,
-        )  # fmt: skip
+        reference = _resolve_tune_reference(tune_reference, ann, selection_data)
+        if reference == "select":
+            snn, tuning, calibration, selection = _tune_and_select(tune, snn, selection_data)
+        else:
+            tuning, calibration = tune(snn, reference)
     uses_percentile = method == "robust" or method == "ttrbr"
     report = ConversionReport(
         method, timesteps, phi, percentile if uses_percentile else None, channelwise,
-        initial, _mean_thresholds(snn), tuning, calibration,
+        initial, _mean_thresholds(snn), tuning, calibration, selection,
     )  # fmt: skip
     snn.conversion_report = report  # type: ignore[assignment]
     return snn.eval()
+
+
+def _resolve_tune_reference(reference: str | None, ann: nn.Module, selection_data: Any) -> str:
+    """None -> ``select`` with selection data, else ``auto``; ``select`` on an ANN without
+    QCFS sites -> ``ann`` (its clip twin is itself). ConfigError for an unknown name or
+    ``select`` with no data to select on."""
+    if reference is None:
+        reference = "auto" if selection_data is None else "select"
+    if reference not in TUNE_REFERENCES:
+        raise ConfigError(
+            f"unknown tuning reference {reference!r}; expected one of {TUNE_REFERENCES}"
+        )
+    if reference == "select" and qcfs_levels(ann) is None:
+        return "ann"
+    if reference == "select" and selection_data is None:
+        raise ConfigError(
+            "tune_reference 'select' needs selection_data: labelled (images, labels) batches "
+            "held out of the calibration images; pass them, or choose 'ann', 'clip' or 'auto'"
+        )
+    return reference
+
+
+@dataclass
+class _TtrbrTuning:
+    """ttrbr's two tuning stages with their options: per-site search, then output fit."""
+
+    ann: ResNet
+    batches: list[torch.Tensor]
+    timesteps: int
+    grid: tuple[float, ...] | list[float]
+    channelwise: bool
+    tune_phi: bool
+    progress: bool
+    guard: bool
+    tune_bias: bool
+    compensate_stream: bool
+    epochs: int
+    lr: float
+    schedule: str
+    batch_size: int
+
+    def __call__(
+        self, snn: ResNet, reference: str
+    ) -> tuple[TuningReport, CalibrationReport | None]:
+        """Tune ``snn`` in place towards ``reference`` (``ann`` / ``clip`` / ``auto``)."""
+        tuning = tune_thresholds(
+            self.ann, snn, self.batches, self.timesteps, self.grid, self.channelwise,
+            self.tune_phi, progress=self.progress, guard=self.guard, tune_bias=self.tune_bias,
+            compensate_stream=self.compensate_stream, reference=reference,
+        )  # fmt: skip
+        if self.epochs == 0:
+            return tuning, None
+        calibration = calibrate_outputs(
+            self.ann, snn, self.batches, self.timesteps, self.epochs, self.lr, self.schedule,
+            shift=self.tune_bias, channelwise=self.channelwise, reference=reference,
+            batch_size=self.batch_size, progress=self.progress,
+        )  # fmt: skip
+        return tuning, calibration
+
+
+def _tune_and_select(
+    tune: _TtrbrTuning, snn: ResNet, selection_data: Any
+) -> tuple[ResNet, TuningReport, CalibrationReport | None, SelectionReport]:
+    """Tune a copy of ``snn`` towards each of :data:`SELECT_CANDIDATES`; keep the one that
+    is more accurate on the held-out labelled ``selection_data`` (reference_selection)."""
+    held_out = labelled_batches(selection_data)
+    tuned = {}
+    for reference in SELECT_CANDIDATES:
+        candidate = copy.deepcopy(snn)
+        tuned[reference] = (candidate, *tune(candidate, reference))
+    selection = select_reference({k: v[0] for k, v in tuned.items()}, held_out)
+    return (*tuned[selection.chosen], selection)

@@ -45,10 +45,11 @@ site replaced by ``clip(z, 0, λ)``. An IF site's rate tends to ``clip(z̄, 0, �
 levels (``T > L``) approaches the clip network, of which the QCFS ANN is only an ``L``-level
 approximation; tuning it towards the ANN's coarser staircase pulls it away from the network it
 converges to. ``"auto"`` picks ``"clip"`` when ``T`` exceeds the ANN's QCFS levels and
-``"ann"`` otherwise (ReLU and clip ANNs: the two are the same network). ``"auto"`` is the
-default: on a resnet110 QCFS ANN (L = 4) the clip reference was at or above the ANN reference
-at every T = 5..8 on the whole Fashion-MNIST test file (+0.50 / +0.31 / +0.03 / +0.07 points,
-docs/RESULTS.md); at T <= L auto is the ANN reference, unchanged.
+``"ann"`` otherwise (ReLU and clip ANNs: the two are the same network). Which reference
+is better depends on the ANN, not only on T (docs/RESULTS.md, "Tuning reference"), so the
+conversion default (``convert(..., tune_reference="select")`` with held-out labelled images;
+:mod:`~spikebridge.methods.reference_selection`) tunes towards both and keeps the one more
+accurate on those images; this function takes one fixed reference.
 
 Guarantee: scale 1 (with the current φ, unshifted) is always a candidate and is tried first,
 so the chosen value never has a larger calibration loss than the one the site started with

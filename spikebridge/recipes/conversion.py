@@ -15,6 +15,10 @@ Choices where the spec is silent:
   T >= 4, else the largest requested T) -- tuning at every T would multiply the cost;
   the same converted model is then simulated once at the largest T and its accuracy is
   reported at every t <= T (one causal pass, METHODS 3);
+- ``ttrbr``'s tuning reference is chosen per ANN (``select``, our design): one copy tuned
+  towards the ANN, one towards its clip twin, the one more accurate on up to 2000 held-out
+  labelled images kept -- the ANN run's validation split when it has one (images its
+  training never saw), else training images outside any calibration draw; never test images;
 - the ANN's accuracy is re-measured on the same test images (not read from its summary).
 
 A converted run folder holds ``config.json`` (the ANN run's data/train sections, the
@@ -41,7 +45,7 @@ from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine.evaluate import evaluate
 from spikebridge.engine.runs import measure_run, resolve_device
 from spikebridge.errors import ConfigError
-from spikebridge.methods.convert import METHODS, convert, resolve_channelwise
+from spikebridge.methods.convert import METHODS, TUNE_REFERENCES, convert, resolve_channelwise
 from spikebridge.methods.error_analysis import decompose_errors, plot_errors
 from spikebridge.methods.output_calibration import (
     DEFAULT_EPOCHS,
@@ -49,9 +53,9 @@ from spikebridge.methods.output_calibration import (
     DEFAULT_SCHEDULE,
     SCHEDULES,
 )
-from spikebridge.methods.threshold_tuning import REFERENCES
 
 DEFAULT_CALIBRATION = 1024
+DEFAULT_SELECTION = 2000  # held-out labelled images for tune_reference "select"
 DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32)
 REPORT_FILE = "conversion.md"
 CALIBRATION_STREAM = 7919  # offsets the run seed so calibration draws differ from splits
@@ -89,6 +93,35 @@ def calibration_images(
         shuffle=False, augment=False, seed=seed,
     )  # fmt: skip
     return [x for x, _ in loader]
+
+
+def selection_images(
+    splits: Any, n: int, seed: int, device: torch.device, calibration_size: int,
+    batch_size: int = 500,
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:  # fmt: skip
+    """Up to ``n`` labelled held-out images for ``tune_reference="select"`` and where they
+    come from: the run's validation split (held out of the ANN's training) when it has one,
+    else the last ``n`` training images of the calibration permutation (disjoint from the
+    ``calibration_size`` images drawn first). ConfigError when neither is possible."""
+    if n < 1:
+        raise ConfigError(f"selection size is {n}; expected an integer >= 1.")
+    if len(splits.val_y) > 0:
+        x, y, source = splits.val_x[:n], splits.val_y[:n], "validation split"
+    else:
+        total = len(splits.train_y)
+        if calibration_size + n > total:
+            raise ConfigError(
+                f"{calibration_size} calibration + {n} selection images exceed the {total} "
+                "training images; lower --selection-size or --calibration-size"
+            )
+        gen = torch.Generator().manual_seed(seed + CALIBRATION_STREAM)
+        idx = torch.randperm(total, generator=gen)[total - n :].sort().values
+        x, y = splits.train_x[idx], splits.train_y[idx]
+        source = "training images outside the calibration draw"
+    loader = DeviceLoader(
+        x, y, batch_size, splits.info, device, shuffle=False, augment=False, seed=seed
+    )  # fmt: skip
+    return list(loader), source
 
 
 def eval_loader(  # type: ignore[no-untyped-def]
@@ -142,6 +175,12 @@ def _report_markdown(summary: dict[str, Any], snn: nn.Module) -> str:
     if rep.calibration is not None:
         lines += ["", f"## Output calibration at T = {rep.calibration.timesteps}", ""]
         lines += [rep.calibration.to_markdown()]
+    if "reference_selection" in summary:
+        sel = summary["reference_selection"]
+        lines += ["", f"## Tuning reference, chosen at T = {sel['timesteps']}", ""]
+        lines += [f"{sel['images']} held-out images ({sel['source']}); kept: {sel['chosen']}", ""]
+        lines += ["| reference | held-out accuracy |", "|---|---|"]
+        lines += [f"| {k} | {100 * v:.2f} % |" for k, v in sel["accuracy"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -168,10 +207,11 @@ def convert_run(
     log: Callable[[str], None] = print,
     tune_bias: bool = True,
     compensate_stream: bool = False,
-    tune_reference: str = "auto",
+    tune_reference: str = "select",
     tune_epochs: int | None = None,
     tune_lr: float = DEFAULT_LR,
     tune_schedule: str = DEFAULT_SCHEDULE,
+    selection_size: int = DEFAULT_SELECTION,
 ) -> dict[str, Any]:
     """Convert an ANN run folder's model with ``method``; write and return the summary.
 
@@ -189,13 +229,16 @@ def convert_run(
     out_dir = _out_dir(out, ann_run, method)
     splits, data, seed = run_data(config, data_dir)
     calib = calibration_images(splits, calibration_size, seed, dev) if method != "qcfs" else None
+    held_out, source = None, None
+    if method == "ttrbr" and tune_reference == "select":
+        held_out, source = selection_images(splits, selection_size, seed, dev, calibration_size)
     start = time.perf_counter()
     snn = convert(
         ann, method, calib, tune_t, percentile, 0.5, channelwise, tune_phi,
         tune_guard=tune_guard, tune_bias=tune_bias and method == "ttrbr",
         compensate_stream=compensate_stream and method == "ttrbr", tune_reference=tune_reference,
         tune_epochs=tune_epochs if method == "ttrbr" else 0, tune_lr=tune_lr,
-        tune_schedule=tune_schedule,
+        tune_schedule=tune_schedule, selection_data=held_out,
     )  # fmt: skip
     convert_s = time.perf_counter() - start
     loader = eval_loader(splits, data, seed, dev, batch_size, max_test_images)
@@ -224,6 +267,10 @@ def convert_run(
     }  # fmt: skip
     if snn.conversion_report.calibration is not None:
         summary["output_calibration"] = snn.conversion_report.calibration.to_dict()
+    if snn.conversion_report.selection is not None:
+        summary["reference_selection"] = {
+            **snn.conversion_report.selection.to_dict(), "source": source
+        }  # fmt: skip
     snn.set_timesteps(tune_t)  # firing, SOPs and energy at the deployment T (METHODS 3)
     summary.update(measure_run(snn, loader))
     _write_converted(out_dir, config, snn, options, summary, max(wanted))
@@ -356,10 +403,16 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         default=False,
                         help="ttrbr (ours), pre-add ResNets: each block's last site also "
                         "corrects the error the residual stream carries (default: off)")  # fmt: skip
-    parser.add_argument("--tune-reference", choices=REFERENCES, default="auto",
+    parser.add_argument("--tune-reference", choices=TUNE_REFERENCES, default="select",
                         help="ttrbr (ours): the network the sites aim at: the ANN as trained, "
                         "its clip twin (QCFS sites as clip(z, 0, λ), what IF rates approach as T "
-                        "grows) or auto (clip when T exceeds the QCFS levels) (default: auto)")  # fmt: skip
+                        "grows), auto (clip when T exceeds the QCFS levels) or select (tune "
+                        "towards both, keep the one more accurate on held-out labelled images: "
+                        "the ANN run's validation split, else training images outside the "
+                        "calibration draw; twice the tuning time) (default: select)")  # fmt: skip
+    parser.add_argument("--selection-size", type=int, default=DEFAULT_SELECTION,
+                        help="ttrbr with --tune-reference select: at most this many held-out "
+                        f"images decide (default: {DEFAULT_SELECTION})")  # fmt: skip
     parser.add_argument("--tune-epochs", type=int, default=None,
                         help="ttrbr (ours): after the per-site search, fit every site's "
                         "per-channel threshold scale and input shift to the ANN's outputs by "
@@ -386,6 +439,7 @@ def run_convert(args: argparse.Namespace) -> int:
         tune_guard=args.tune_guard, tune_bias=args.tune_bias,
         compensate_stream=args.compensate_stream, tune_reference=args.tune_reference,
         tune_epochs=args.tune_epochs, tune_lr=args.tune_lr, tune_schedule=args.tune_schedule,
+        selection_size=args.selection_size,
     )  # fmt: skip
     print(f"run folder: {summary['run_dir']}")
     return 0

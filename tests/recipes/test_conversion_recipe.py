@@ -1,6 +1,7 @@
 """``convert_run`` / ``analyze_run`` and the ``convert`` / ``analyze`` subcommands, end to end
 on a tiny synthetic ANN run (resnet20 at width 0.25, 16x16 images)."""
 
+import dataclasses
 import json
 import math
 
@@ -22,6 +23,7 @@ from spikebridge.recipes.conversion import (
     eval_loader,
     format_accuracy_table,
     run_data,
+    selection_images,
 )
 
 TINY = {
@@ -133,16 +135,18 @@ def test_accuracy_table_reference_text():
     ]
 
 
-def test_convert_defaults_to_auto_and_records_the_reference_it_resolved(ann_runs, tmp_path):
-    # The tiny QCFS ANN has L = 8 levels: the default ("auto") aims at its clip twin only for
-    # T > 8 and at the ANN as trained below that.
+def test_auto_records_the_reference_it_resolved(ann_runs, tmp_path):
+    # The tiny QCFS ANN has L = 8 levels: "auto" aims at its clip twin only for T > 8 and at
+    # the ANN as trained below that.
     argv = ["convert", "--ann", str(ann_runs["qcfs"]), "--method", "ttrbr", "--timesteps", "9",
             "--calibration-size", "16", "--out", str(tmp_path / "c"), "--device", "cpu",
-            "--test-images", "8"]  # fmt: skip
+            "--test-images", "8", "--tune-reference", "auto", "--tune-epochs", "0"]  # fmt: skip
     assert main(argv) == 0
-    assert json.loads((tmp_path / "c" / "summary.json").read_text())["tune_reference"] == "clip"
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["tune_reference"] == "clip" and "reference_selection" not in summary
     low = convert_run(ann_runs["qcfs"], "ttrbr", [2], calibration_size=16, out=tmp_path / "l",
-                      device="cpu", log=quiet, max_test_images=8)  # fmt: skip
+                      device="cpu", log=quiet, max_test_images=8, tune_reference="auto",
+                      tune_epochs=0)  # fmt: skip
     assert low["tune_reference"] == "ann"
     summary = convert_run(ann_runs["qcfs"], "robust", [2], calibration_size=16,
                           out=tmp_path / "r", device="cpu", log=quiet)  # fmt: skip
@@ -226,3 +230,36 @@ def test_compare_whole_test_set_scores_every_image_of_the_test_file(ann_runs, mo
     whole = compare_runs(run, run, [1], device="cpu", whole_test_set=True)
     assert (split["test_images"], whole["test_images"]) == (12, 256)
     assert main(["compare", str(run), str(run), "--whole-test-set", "--device", "cpu"]) == 0
+
+
+def test_convert_selects_the_reference_on_the_validation_split_by_default(ann_runs, tmp_path):
+    argv = ["convert", "--ann", str(ann_runs["qcfs"]), "--method", "ttrbr", "--timesteps", "3",
+            "--calibration-size", "16", "--out", str(tmp_path / "s"), "--device", "cpu",
+            "--test-images", "8", "--tune-epochs", "1"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    selection = summary["reference_selection"]
+    assert selection["source"] == "validation split" and selection["images"] == 16
+    assert set(selection["accuracy"]) == {"ann", "clip"} and selection["timesteps"] == 3
+    assert summary["tune_reference"] == selection["chosen"]
+    assert max(selection["accuracy"].values()) == selection["accuracy"][selection["chosen"]]
+    assert "Tuning reference, chosen at T = 3" in (tmp_path / "s" / "conversion.md").read_text()
+
+
+def test_selection_images_are_the_validation_split_else_outside_the_calibration_draw(ann_runs):
+    _, config = load_run(ann_runs["qcfs"], "cpu")
+    splits, _, seed = run_data(config)
+    cpu = torch.device("cpu")
+    batches, source = selection_images(splits, 10, seed, cpu, calibration_size=16)
+    assert source == "validation split"
+    assert torch.equal(torch.cat([y for _, y in batches]), splits.val_y[:10])
+    no_val = dataclasses.replace(splits, val_x=splits.val_x[:0], val_y=splits.val_y[:0])
+    batches, source = selection_images(no_val, 20, seed, cpu, calibration_size=16)
+    assert source == "training images outside the calibration draw"
+    held = torch.cat([x for x, _ in batches])
+    calib = torch.cat(calibration_images(no_val, len(splits.train_y) - 20, seed, cpu))
+    assert held.shape[0] == 20
+    # disjoint from the largest calibration draw that fits: no held-out image is in it
+    assert not any(torch.equal(h, c) for h in held for c in calib)
+    with pytest.raises(ConfigError, match="selection"):
+        selection_images(no_val, 20, seed, cpu, calibration_size=len(splits.train_y) - 19)
