@@ -505,6 +505,12 @@ def convert(
     return snn.eval()
 
 
+def selects_reference(reference: str | None, ann: nn.Module) -> bool:
+    """Whether ``tune_reference=reference`` makes ttrbr choose between two reference networks:
+    ``select`` on an ANN with QCFS sites (elsewhere the clip twin is the ANN itself)."""
+    return reference == "select" and qcfs_levels(ann) is not None
+
+
 def _resolve_tune_reference(reference: str | None, ann: nn.Module, selection_data: Any) -> str:
     """None -> ``select`` with selection data, else ``auto``; ``select`` on an ANN without
     QCFS sites -> ``ann`` (its clip twin is itself). ConfigError for an unknown name or
@@ -515,7 +521,7 @@ def _resolve_tune_reference(reference: str | None, ann: nn.Module, selection_dat
         raise ConfigError(
             f"unknown tuning reference {reference!r}; expected one of {TUNE_REFERENCES}"
         )
-    if reference == "select" and qcfs_levels(ann) is None:
+    if reference == "select" and not selects_reference(reference, ann):
         return "ann"
     if reference == "select" and selection_data is None:
         raise ConfigError(
@@ -573,5 +579,5 @@ def _tune_and_select(
     for reference in SELECT_CANDIDATES:
         candidate = copy.deepcopy(snn)
         tuned[reference] = (candidate, *tune(candidate, reference))
-    selection = select_reference({k: v[0] for k, v in tuned.items()}, held_out)
+    selection = select_reference({k: v[0] for k, v in tuned.items()}, held_out, tune.timesteps)
     return (*tuned[selection.chosen], selection)

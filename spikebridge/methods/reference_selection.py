@@ -71,10 +71,12 @@ def held_out_correct(snn: nn.Module, batches: Labelled) -> int:
     return correct
 
 
-def select_reference(candidates: dict[str, nn.Module], batches: Labelled) -> SelectionReport:
-    """Score every candidate SNN on ``batches``; keep the first of the most accurate."""
+def select_reference(
+    candidates: dict[str, nn.Module], batches: Labelled, timesteps: int
+) -> SelectionReport:
+    """Score every candidate SNN (simulating ``timesteps``) on ``batches``; keep the first of
+    the most accurate."""
     n = sum(int(y.shape[0]) for _, y in batches)
     scores = {name: held_out_correct(snn, batches) for name, snn in candidates.items()}
     chosen = max(scores, key=lambda name: scores[name])  # max keeps the first on ties
-    steps = {int(getattr(snn, "timesteps", 1)) for snn in candidates.values()}
-    return SelectionReport({k: v / n for k, v in scores.items()}, chosen, n, max(steps))
+    return SelectionReport({k: v / n for k, v in scores.items()}, chosen, n, timesteps)

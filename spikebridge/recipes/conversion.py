@@ -45,7 +45,13 @@ from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine.evaluate import evaluate
 from spikebridge.engine.runs import measure_run, resolve_device
 from spikebridge.errors import ConfigError
-from spikebridge.methods.convert import METHODS, TUNE_REFERENCES, convert, resolve_channelwise
+from spikebridge.methods.convert import (
+    METHODS,
+    TUNE_REFERENCES,
+    convert,
+    resolve_channelwise,
+    selects_reference,
+)
 from spikebridge.methods.error_analysis import decompose_errors, plot_errors
 from spikebridge.methods.output_calibration import (
     DEFAULT_EPOCHS,
@@ -230,7 +236,7 @@ def convert_run(
     splits, data, seed = run_data(config, data_dir)
     calib = calibration_images(splits, calibration_size, seed, dev) if method != "qcfs" else None
     held_out, source = None, None
-    if method == "ttrbr" and tune_reference == "select":
+    if method == "ttrbr" and selects_reference(tune_reference, ann):
         held_out, source = selection_images(splits, selection_size, seed, dev, calibration_size)
     start = time.perf_counter()
     snn = convert(

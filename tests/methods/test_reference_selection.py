@@ -39,10 +39,10 @@ def test_held_out_correct_counts_right_answers():
 def test_select_keeps_the_more_accurate_and_the_first_on_ties():
     data = _batches([0, 1, 1, 2])
     worse, better = FixedLogits([0, 0, 0, 0]), FixedLogits([0, 1, 1, 0])
-    report = select_reference({"ann": worse, "clip": better}, data)
+    report = select_reference({"ann": worse, "clip": better}, data, 4)
     assert report.chosen == "clip" and report.images == 4 and report.timesteps == 4
     assert report.accuracy == {"ann": 0.25, "clip": 0.75}
-    tie = select_reference({"ann": better, "clip": copy.deepcopy(better)}, data)
+    tie = select_reference({"ann": better, "clip": copy.deepcopy(better)}, data, 4)
     assert tie.chosen == "ann"
 
 
