@@ -38,12 +38,36 @@ import yaml
 from spikebridge.data import DATASETS
 from spikebridge.errors import ConfigError
 from spikebridge.models import ModelConfig
-from spikebridge.models.resnet import ACTIVATIONS, NEURONS, STRUCTURES
+from spikebridge.models.resnet import ACTIVATIONS, CONV_INITS, NEURONS, STRUCTURES
 from spikebridge.nn.neurons import BACKENDS
 from spikebridge.nn.surrogate import SURROGATES
 
 DEFAULT_RUNS_DIR = "runs"  # parent folder of auto-named run folders
-SCHEDULES = ("multistep", "cosine", "onecycle")
+SCHEDULES = ("cosine", "multistep", "onecycle")
+OPTIMIZERS = ("sgd", "adamw")
+DEFAULT_LR = {"sgd": 0.05, "adamw": 2e-3}
+DEFAULT_WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.05}
+# Named presets: flat config keys applied over the defaults and under --config / options.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The IDSNN authors' recipe (METHODS 1.4): SGD 0.05, momentum 0.9, wd 1e-4 on all
+    # parameters, batch 64, 200 epochs, x0.1 at 60/120/160, crop + flip, AMP, PyTorch's init.
+    "idsnn-paper": {
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 1e-4,
+        "schedule": "multistep",
+        "warmup": 0.0,
+        "milestones": (0.3, 0.6, 0.8),
+        "gamma": 0.1,
+        "batch_size": 64,
+        "epochs": 200,
+        "augment": True,
+        "amp": True,
+        "conv_init": "default",
+    },
+}
 DEVICES_HELP = "auto (cuda if available, else cpu), cpu, cuda, cuda:N"
 
 
@@ -162,20 +186,32 @@ class DataConfig:
 @register_section("optim")
 @dataclass
 class OptimConfig:
-    """SGD and the learning-rate schedule (defaults: the IDSNN recipe, METHODS 1.4).
+    """Optimizer and learning-rate schedule.
 
+    The default, ``cosine`` with a linear warm-up over the first ``warmup`` fraction of the
+    steps, works at any epoch count. The IDSNN paper's recipe (METHODS 1.4: SGD, x0.1 at
+    60/120/160 of 200 epochs) is the preset ``idsnn-paper`` (``--preset idsnn-paper``).
     ``milestones`` are FRACTIONS of the run's epochs (each in (0, 1), increasing): the
     learning rate is multiplied by ``gamma`` after epoch ``max(1, round(f * epochs))``.
-    The default ``0.3, 0.6, 0.8`` is IDSNN's 60/120/160 of 200 epochs, and scales with
-    ``--epochs``. Schedules are stepped per iteration; ``multistep`` changes only at epoch
-    boundaries, ``cosine`` decays to 0, ``onecycle`` warms up for 30 % of the steps.
+    Schedules are stepped per iteration; ``multistep`` changes only at epoch boundaries,
+    ``cosine`` decays to 0, ``onecycle`` warms up for 30 % of the steps.
     """
 
-    lr: float = option(0.05, "peak learning rate")
-    momentum: float = option(0.9, "SGD momentum")
-    nesterov: bool = option(False, "Nesterov momentum")
-    weight_decay: float = option(1e-4, "L2 weight decay on all parameters")
-    schedule: str = option("multistep", "learning-rate schedule", SCHEDULES)
+    optimizer: str = option("sgd", "sgd (momentum) or adamw (decoupled weight decay)", OPTIMIZERS)
+    lr: float | None = option(
+        None, f"peak learning rate; none = {DEFAULT_LR['sgd']} for sgd, {DEFAULT_LR['adamw']} "
+        "for adamw"
+    )  # fmt: skip
+    momentum: float = option(0.9, "SGD momentum (adamw: beta1)")
+    nesterov: bool = option(False, "Nesterov momentum (sgd)")
+    weight_decay: float | None = option(
+        None, f"weight decay on all parameters; none = {DEFAULT_WEIGHT_DECAY['sgd']} for sgd "
+        f"(L2), {DEFAULT_WEIGHT_DECAY['adamw']} for adamw (decoupled)"
+    )  # fmt: skip
+    schedule: str = option("cosine", "learning-rate schedule", SCHEDULES)
+    warmup: float = option(
+        0.05, "cosine/multistep: linear warm-up from 0 over this fraction of the steps"
+    )
     milestones: tuple[float, ...] = option(
         (0.3, 0.6, 0.8), "multistep: fractions of the epochs where lr is multiplied by gamma"
     )
@@ -185,9 +221,23 @@ class OptimConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.gamma <= 0 or self.momentum < 0 or self.weight_decay < 0:
-            raise ConfigError("lr and gamma must be > 0, momentum and weight_decay >= 0.")
-        if self.grad_clip is not None and self.grad_clip <= 0:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}."
+            )
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.optimizer]
+        if self.weight_decay is None:
+            self.weight_decay = DEFAULT_WEIGHT_DECAY[self.optimizer]
+        if not self.lr > 0 or not self.gamma > 0 or not self.momentum >= 0:
+            raise ConfigError("lr and gamma must be > 0 and momentum >= 0.")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}.")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(
+                f"warmup is {self.warmup}; expected a fraction of the steps in [0, 1)."
+            )
+        if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"grad_clip must be > 0 (or none), got {self.grad_clip}.")
         ms = tuple(self.milestones)
         if any(not 0 < m < 1 for m in ms) or list(ms) != sorted(ms):
@@ -253,6 +303,8 @@ MODEL_HELP = {
     "zero_init_residual": "start the last BN of every residual branch at gamma = 0, so a new "
     "network is its identity path (Goyal et al. 2017); needed to train 100+ layer "
     "clip/qcfs ANNs, whose straight-through gradients explode otherwise",
+    "conv_init": "conv weight init: default (PyTorch's, as the IDSNN authors; trains from the "
+    "first steps) or kaiming (fan-out normal; runs recorded before 2026-12-06 used it)",
 }
 register_section(
     "model",
@@ -264,6 +316,7 @@ register_section(
         "block": STRUCTURES,
         "surrogate": SURROGATES,
         "neuron_backend": BACKENDS,
+        "conv_init": CONV_INITS,
     },  # fmt: skip
     flat_names={"name": "model"},
     cli_hidden=("num_classes", "in_channels"),
@@ -447,8 +500,9 @@ def load_config(
     base: Mapping[str, Any] | None = None,
     yaml_path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    preset: str | None = None,
 ) -> Config:
-    """Resolve a config from defaults < ``base`` < YAML file < ``overrides``.
+    """Resolve a config from defaults < ``base`` < ``preset`` < YAML file < ``overrides``.
 
     Keys anywhere may be nested (``{"optim": {"lr": 0.1}}``), dotted (``"optim.lr"``) or
     flat (``"lr"``, ``"batch-size"``); ``model`` with a string value is ``model.name``.
@@ -456,12 +510,22 @@ def load_config(
     """
     sections = tuple(sections)
     values: dict[str, dict[str, Any]] = {s: {} for s in sections}
-    sources = [base, read_yaml(yaml_path) if yaml_path else None, overrides]
-    for source in sources:
+    sources = [base, preset_values(preset, sections), read_yaml(yaml_path) if yaml_path else None]
+    for source in [*sources, overrides]:
         for key, value in (source or {}).items():
             for section, name, v in _resolve(str(key), value, sections):
                 values[section][name] = v
     return Config(**{s: build_section(s, values[s]) for s in sections})
+
+
+def preset_values(name: str | None, sections: Iterable[str]) -> dict[str, Any]:
+    """The flat keys of preset ``name`` that belong to ``sections`` (none: ``{}``)."""
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}.")
+    owned = {flat for flat, (section, _) in _FLAT.items() if section in tuple(sections)}
+    return {k: v for k, v in PRESETS[name].items() if k in owned}
 
 
 # ----------------------------------------------------------------------------- argparse
@@ -486,6 +550,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: Iterable[str
     parser.add_argument(
         "--config", metavar="FILE.yaml", help="YAML config (nested by section or flat keys); "
         "options given on the command line override it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--preset", choices=tuple(PRESETS), help="named recipe applied under --config and the "
+        "options (idsnn-paper: the IDSNN authors' SGD, 200 epochs, x0.1 at 60/120/160)",
     )  # fmt: skip
     for name in sections:
         section = SECTIONS[name]
@@ -521,5 +589,6 @@ def config_from_args(
     """Resolve the config of a parsed command line: ``base`` < ``--config`` < options."""
     sections = tuple(sections)
     return load_config(
-        sections, base=base, yaml_path=args.config, overrides=given_options(args, sections)
-    )
+        sections, base=base, yaml_path=args.config, overrides=given_options(args, sections),
+        preset=getattr(args, "preset", None),
+    )  # fmt: skip

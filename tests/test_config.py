@@ -88,7 +88,7 @@ def test_unknown_yaml_key_is_refused(tmp_path):
     [
         ({"lr": "fast"}, "'lr' is 'fast'; expected a number"),
         ({"epochs": 2.5}, "'epochs' is 2.5; expected an integer"),
-        ({"schedule": "linear"}, "expected one of multistep, cosine, onecycle"),
+        ({"schedule": "linear"}, "expected one of cosine, multistep, onecycle"),
         ({"neuron": "izhikevich"}, "expected one of none, lif, if"),
         ({"milestones": "0.8,0.2"}, "increasing fractions"),
         ({"batch_size": 0}, "batch_size is 0"),

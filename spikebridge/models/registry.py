@@ -84,6 +84,7 @@ class ModelConfig:
     stem_pool: str = "avg"  # after a 7x7 stem: avg (spiking-friendly) | max (torchvision) | none
     neuron_backend: str = "fused"  # fused | loop (reference)
     zero_init_residual: bool = False  # last BN of every residual branch starts at γ = 0
+    conv_init: str = "default"  # default (PyTorch's, as the IDSNN authors) | kaiming (fan-out)
 
     def activation_spec(self) -> ActivationSpec:
         return ActivationSpec(
@@ -142,6 +143,7 @@ def build_from_config(cfg: ModelConfig) -> ResNet:
         stem=cfg.stem,
         stem_pool=cfg.stem_pool,
         zero_init_residual=cfg.zero_init_residual,
+        conv_init=cfg.conv_init,
     )
     model.config = cfg  # type: ignore[assignment]
     return model

@@ -30,6 +30,12 @@ from spikebridge.nn.temporal import SpikingSite, fold, threshold_dependent_bn, u
 ACTIVATIONS = ("relu", "clip", "qcfs")
 NEURONS = ("lif", "if")
 STRUCTURES = ("post-add", "pre-add")
+# Conv weight initialisation. "default" keeps PyTorch's own (kaiming-uniform, a = sqrt(5)), as
+# the IDSNN authors do; "kaiming" is He et al.'s fan-out normal. With BN after every conv the
+# scale of the init sets the effective step size (a BN-normalised weight of norm r moves as
+# lr / r^2): kaiming's ~2.5x larger weights train a spiking ResNet at ~1/6 of the step, and
+# the loss sits at ln 10 for the first hundred steps (measured, docs/notes/results-history.md).
+CONV_INITS = ("default", "kaiming")
 STEMS = ("3x3", "7x7")
 STEM_POOLS = ("avg", "max", "none")
 
@@ -199,6 +205,8 @@ class ResNet(nn.Module):
         stem_pool: pooling after a ``7x7`` stem: ``avg`` (default; spikes in, rates out, so it
             converts and stays event-driven), ``max`` (torchvision's ANN) or ``none``.
         zero_init_residual: start the last BN of every residual branch at ``γ = 0``.
+        conv_init: ``default`` (PyTorch's, as the IDSNN authors) or ``kaiming`` (fan-out
+            normal); see :data:`CONV_INITS`.
     """
 
     def __init__(
@@ -215,8 +223,11 @@ class ResNet(nn.Module):
         stem: str = "3x3",
         stem_pool: str = "avg",
         zero_init_residual: bool = False,
+        conv_init: str = "default",
     ) -> None:
         super().__init__()
+        if conv_init not in CONV_INITS:
+            raise ConfigError(f"unknown conv_init {conv_init!r}; expected one of {CONV_INITS}")
         if structure not in STRUCTURES:
             raise ConfigError(f"unknown block structure {structure!r}; expected {STRUCTURES}")
         if block not in BLOCKS:
@@ -234,7 +245,7 @@ class ResNet(nn.Module):
             self.stages.append(stage)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
-        self._init_weights(zero_init_residual)
+        self._init_weights(zero_init_residual, conv_init)
 
     def _norm_factory(self) -> NormFactory:
         if self.act_spec.spiking:
@@ -251,10 +262,11 @@ class ResNet(nn.Module):
             cin = planes * block_cls.expansion
         return nn.Sequential(*blocks), cin
 
-    def _init_weights(self, zero_init_residual: bool) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    def _init_weights(self, zero_init_residual: bool, conv_init: str) -> None:
+        if conv_init == "kaiming":
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         if zero_init_residual:  # each block starts as its shortcut (Goyal et al. 2017)
             for block in self.modules():
                 if isinstance(block, BasicBlock | Bottleneck):

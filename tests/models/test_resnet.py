@@ -3,6 +3,8 @@ state-dict layout, tdBN, post-add vs pre-add blocks (METHODS 2.5), time handling
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -129,7 +131,9 @@ def test_block_structure_formula(structure: str) -> None:
 def test_spiking_block_outputs_are_spike_counts(structure: str) -> None:
     """Every block output of a LIF network is a spike train (post-add: 0/1) or a sum of
     spike trains (pre-add, METHODS 2.5): never an analog value, projections included."""
-    model = _tiny("resnet20", neuron="lif", timesteps=2, block=structure).eval()
+    # kaiming's larger weights make the sites fire often enough for two spikes to meet at an add
+    model = _tiny("resnet20", neuron="lif", timesteps=2, block=structure, conv_init="kaiming")
+    model.eval()
     outputs: list[torch.Tensor] = []
     for stage in model.stages:
         for block in stage:
@@ -228,3 +232,16 @@ def test_zero_init_residual_makes_every_block_its_shortcut(name: str, structure:
         for s in _tiny(name, block=structure).stages
         for b in s
     )
+
+
+def test_conv_init_default_is_pytorchs_and_kaiming_is_fan_out_normal() -> None:
+    """Default: PyTorch's kaiming-uniform(a=√5), i.e. U(±1/√fan_in); kaiming: N(0, 2/fan_out)."""
+    torch.manual_seed(0)
+    conv = build("resnet20", width=1.0, conv_init="default").stages[2][0].conv2  # 64x64x3x3
+    bound = 1 / math.sqrt(64 * 9)
+    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.99 * bound
+    assert conv.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)
+    conv = build("resnet20", width=1.0, conv_init="kaiming").stages[2][0].conv2
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.02)
+    with pytest.raises(ConfigError, match="unknown conv_init 'xavier'"):
+        build("resnet20", conv_init="xavier")
