@@ -199,7 +199,7 @@ class ResNet(nn.Module):
         widths: base channels per stage before the width multiplier.
         act: activation/neuron spec for every site.
         structure: ``post-add`` or ``pre-add``.
-        stem_padding: 1 by default; 3 reproduces the IDSNN authors' quirk (32x32 -> 34x34).
+        stem_padding: 1 by default; 3 reproduces the IDSNN authors' quirk (a 32x32 image becomes 36x36).
         stem: ``3x3`` (stride 1, no pooling: CIFAR / Fashion-MNIST) or ``7x7`` (ImageNet style:
             7x7 stride-2 conv, then a 3x3 stride-2 pooling).
         stem_pool: pooling after a ``7x7`` stem: ``avg`` (default; spikes in, rates out, so it

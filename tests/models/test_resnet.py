@@ -171,7 +171,7 @@ def test_features_are_per_step_pooled() -> None:
 
 def test_stem_padding_quirk_grows_the_image() -> None:
     # The authors' stem is a 3x3 conv with padding 3 (fei015/IDSNN models/S_ResNet.py):
-    # 32 + 2·3 - 3 + 1 = 36 (METHODS 1.1 says 34, which would be padding 2).
+    # 32 + 2·3 - 3 + 1 = 36; docs/METHODS.md 1.1.
     model = _tiny("resnet18", stem_padding=3)
     assert model.conv1(_image(size=32)).shape[-1] == 36
     assert model(_image(size=32)).shape == (B, K)
