@@ -32,12 +32,19 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "--format", default="nir", help=f"output format: {', '.join(EXPORT_FORMATS)} (default nir)"
     )
     parser.add_argument("-o", "--output", help="output file (default: RUN/model.<format>)")
+    parser.add_argument(
+        "--nir-target",
+        choices=("portable", "compact"),
+        default="portable",
+        help="NIR graph form: portable (SpikingJelly 2.0 and snnTorch 1.0 import it as "
+        "shipped; default) or compact (one node per neuron layer, extras in node metadata)",
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
     """``spikebridge export RUN --format nir -o model.nir``: ANN runs are refused (exit 2)."""
     from spikebridge.engine.runs import export_run
 
-    path = export_run(args.run_dir, args.format, args.output)
+    path = export_run(args.run_dir, args.format, args.output, target=args.nir_target)
     print(f"wrote {path}")
     return 0

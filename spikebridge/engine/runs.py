@@ -418,12 +418,15 @@ def export_run(
     fmt: str = "nir",
     out: str | Path | None = None,
     input_shape: tuple[int, int, int] | None = None,
+    target: str = "portable",
 ) -> Path:
     """Export a spiking run folder's selected model to ``out`` (default ``RUN/model.<fmt>``).
 
-    Formats: ``nir`` (:func:`spikebridge.export.export_nir`; needs the ``nir`` package).
-    ANN runs are refused (ConfigError): NIR describes spiking networks; convert the ANN or
-    train with ``--neuron lif`` first. Returns the written path.
+    Formats: ``nir`` (:func:`spikebridge.export.export_nir`; needs the ``nir`` package;
+    ``target`` ``portable`` or ``compact``). The dataset's mean/std become the graph's
+    first node, so the file takes raw pixels in [0, 1]. ANN runs are refused
+    (ConfigError): NIR describes spiking networks; convert the ANN or train with
+    ``--neuron lif`` first. Returns the written path.
     """
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(
@@ -440,5 +443,8 @@ def export_run(
     path = Path(out) if out is not None else Path(run_dir) / f"model.{fmt}"
     if not path.parent.is_dir():
         raise ConfigError(f"output folder {str(path.parent)!r} does not exist; create it first.")
-    export_nir(model, path, input_shape or _input_shape(config))
+    info = DATASET_INFO.get(config.get("data", {}).get("dataset"))
+    normalization = (info.mean, info.std) if info is not None else None
+    export_nir(model, path, input_shape or _input_shape(config), target=target,
+               normalization=normalization)  # fmt: skip
     return path

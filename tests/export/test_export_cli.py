@@ -1,8 +1,10 @@
 """``spikebridge export RUN --format nir``: spiking runs -> NIR files; ANN runs refused."""
 
+import numpy as np
 import pytest
 
 from spikebridge.cli import main
+from spikebridge.data.spec import DATASET_INFO
 from spikebridge.engine import load_run
 from spikebridge.errors import ModelError
 from spikebridge.export import export_nir, import_nir
@@ -30,18 +32,28 @@ def ann_run(tmp_path_factory):
     return train(tmp_path_factory, "ann", "--activation", "clip")
 
 
-def check_export(run, out):
-    assert main(["export", str(run), "--format", "nir", "-o", str(out)]) == 0
+def check_export(run, out, target="portable"):
+    args = ["export", str(run), "--format", "nir", "-o", str(out), "--nir-target", target]
+    assert main(args) == 0
     graph = import_nir(out)
     model, _ = load_run(run)
-    expected = export_nir(model, None, INPUT_SHAPE)
+    info = DATASET_INFO["synthetic"]
+    expected = export_nir(model, None, INPUT_SHAPE, target=target,
+                          normalization=(info.mean, info.std))  # fmt: skip
     assert set(graph.nodes) == set(expected.nodes)
     assert len(graph.edges) == len(expected.edges)
     assert graph.metadata["timesteps"] == model.timesteps
+    assert graph.metadata["target"] == target
+    # the dataset's mean/std are the first node: the file takes raw pixels in [0, 1]
+    assert ("input", "normalize") in graph.edges
+    np.testing.assert_allclose(graph.metadata["input_mean"], info.mean)
+    np.testing.assert_allclose(graph.nodes["normalize"].bias, [-info.mean[0] / info.std[0]],
+                               rtol=1e-6)  # fmt: skip
 
 
 def test_export_lif_run(lif_run, tmp_path):
     check_export(lif_run, tmp_path / "model.nir")
+    check_export(lif_run, tmp_path / "compact.nir", target="compact")
 
 
 def test_export_converted_run(ann_run, tmp_path):

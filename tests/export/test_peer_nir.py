@@ -1,0 +1,108 @@
+"""Converted IF ResNets exported to NIR predict the same in SpikingJelly 2.0 and snnTorch 1.0.
+
+Peer test (``-m peer``): needs the peer environment (``bash /work/shared/tools/peer-env.sh
+.peer-venv``, or ``SPIKEBRIDGE_PEER_PYTHON`` naming its python). We train a small clip ANN
+on generated images, convert it (``robust``: one θ per site; ``ttrbr``: per-channel θ and
+bias shifts), export it with the dataset's mean/std (portable target), and run the file in
+the peer environment with ``peer_nir_run.py``, which imports only the peers: raw ``[0, 1]``
+pixels in, the graph's own ``normalize`` node, the image held for ``T`` steps, logits
+averaged over ``T``. Their predictions must match ours on 300 images (>= 99 %, float
+rounding may flip a near-tie spike); the agreement is printed (``-s``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spikebridge.data.synthetic import make_synthetic
+from spikebridge.methods.convert import convert
+from spikebridge.models import build
+
+pytest.importorskip("nir")
+from spikebridge.export.nir import export_nir  # noqa: E402
+
+pytestmark = pytest.mark.peer
+
+ROOT = Path(__file__).resolve().parents[2]
+PEER_PYTHON = Path(os.environ.get("SPIKEBRIDGE_PEER_PYTHON", ROOT / ".peer-venv/bin/python"))
+RUNNER = Path(__file__).with_name("peer_nir_run.py")
+PEERS = ("spikingjelly", "snntorch")
+T, CLASSES, SIZE, N_TEST = 4, 10, 16, 300
+MIN_AGREEMENT = 0.99
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, torch.Tensor]:
+    """Generated 3-channel images as raw pixels in [0, 1] and their dataset mean/std."""
+    if not PEER_PYTHON.is_file():
+        pytest.skip(f"no peer environment at {PEER_PYTHON}")
+    train_x, train_y, test_x, _ = make_synthetic(
+        num_train=1024, num_test=N_TEST, num_classes=CLASSES, in_channels=3, image_size=SIZE
+    )
+    train, test = train_x.float() / 255, test_x.float() / 255
+    mean, std = train.mean(dim=(0, 2, 3)), train.std(dim=(0, 2, 3))
+    return {"train": train, "labels": train_y, "test": test, "mean": mean, "std": std}
+
+
+def _normalize(x: torch.Tensor, data: dict[str, torch.Tensor]) -> torch.Tensor:
+    return (x - data["mean"].view(1, -1, 1, 1)) / data["std"].view(1, -1, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def ann(data: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A clip ResNet-20 (width 0.25) trained for 3 short epochs (about 3 s on one core)."""
+    torch.manual_seed(0)
+    model = build("resnet20", width=0.25, activation="clip", num_classes=CLASSES, in_channels=3)
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    x, y = _normalize(data["train"], data), data["labels"]
+    model.train()
+    for _ in range(3):
+        for idx in torch.randperm(len(x)).split(64):
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def _peer_logits(graph_path: Path, images: torch.Tensor, tmp: Path) -> dict[str, np.ndarray]:
+    np.save(tmp / "images.npy", images.numpy().astype(np.float32))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    cmd = [str(PEER_PYTHON), str(RUNNER), str(graph_path), str(tmp / "images.npy"),
+           str(tmp / "peers.npz")]  # fmt: skip
+    subprocess.run(cmd, check=True, env=env, timeout=600, capture_output=True)
+    with np.load(tmp / "peers.npz") as out:
+        return {k: out[k] for k in out.files}
+
+
+@pytest.mark.parametrize("method", ["robust", "ttrbr"])
+def test_converted_resnet_predicts_the_same_in_both_peers(
+    method: str, ann: torch.nn.Module, data: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    snn = convert(ann, method, _normalize(data["train"][:256], data), T)
+    thresholds = [m.neuron.threshold for m in snn.modules() if hasattr(m, "neuron")]
+    if method == "ttrbr":  # the features the portable form must carry
+        assert all(th.dim() == 1 and th.numel() > 1 for th in thresholds)
+    with torch.no_grad():
+        ours = snn(_normalize(data["test"], data)).numpy()
+    assert len(set(ours.argmax(1).tolist())) >= 5  # a real classifier, not one class
+    path = tmp_path / "model.nir"
+    export_nir(snn, path, (3, SIZE, SIZE), normalization=(data["mean"], data["std"]))
+    theirs = _peer_logits(path, data["test"], tmp_path)
+    lines = []
+    for peer in PEERS:
+        assert f"{peer}_error" not in theirs, f"{peer}: {theirs.get(f'{peer}_error')}"
+        agree = float((theirs[peer].argmax(1) == ours.argmax(1)).mean())
+        diff = float(np.abs(theirs[peer] - ours).max())
+        lines.append(
+            f"{method} T={T} {peer}: agreement {agree:.4f} on {N_TEST}, max|dlogit| {diff:.2e}"
+        )
+        assert agree >= MIN_AGREEMENT, lines[-1]
+    print("\n" + "\n".join(lines))
