@@ -20,9 +20,18 @@ and compares per-site spike counts and per-step outputs with ours.
   (``reset_delay=True`` for subtract reset, see below), ``+nonstrict`` (θ nudged one
   float32 below, so that ``v > θ'`` equals ``v >= θ``).
 
-Exit status 1 if a case that should match exactly (LIF networks, pure import) does not.
+The cases named ``portable-*`` export with the default ``target="portable"``; all others
+with ``target="compact"`` (one ``nir.IF``/``nir.LIF`` node per layer), which the findings
+below are about. SpikingJelly and the end-to-end check on converted networks:
+``test_peer_nir.py``.
+
+Exit status 1 if a case that should match exactly (LIF networks, portable graphs, pure
+import) does not.
 
 Findings (snnTorch 1.0.0, nir 1.0.8, nirtorch 2.6, T = 4, 6 images 16x16):
+0. Portable graphs (IF as CubaLIF integrator + recurrent reset edge, LIF as nir.LIF)
+   import as shipped and reproduce our spike counts at every site (0 neurons differ,
+   logits to 1.2e-7), also on quarter-valued inputs where potentials hit θ exactly.
 1. LIF networks -- a conv/LIF/pool/linear chain and resnet20 (width 0.25) with post-add
    and pre-add residual graphs -- import as shipped and reproduce our spike counts exactly
    at every site (logits to 3e-8). snnTorch reads ``β = 1 − dt/τ`` and input scale
@@ -155,8 +164,9 @@ def adapter_map(options: str) -> dict[type, Callable[[Any], nn.Module]]:
 
 
 def theirs(net: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Run the imported net image by image (batch 1) for T steps from a fresh state."""
-    leaky = {n: m for n, m in net.named_modules() if isinstance(m, snn.Leaky)}
+    """Run the imported net image by image (batch 1) for T steps from a fresh state (the
+    neurons' own state reset, nirtorch's state, which carries recurrent edges, passed on)."""
+    leaky = {n: m for n, m in net.named_modules() if isinstance(m, (snn.Leaky, snn.Synaptic))}
     step: dict[str, torch.Tensor] = {}
     handles = [m.register_forward_hook(_store(step, n)) for n, m in leaky.items()]
     logits, counts = [], {n: [] for n in leaky}
@@ -166,10 +176,12 @@ def theirs(net: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, dict[str
             for m in leaky.values():
                 m.mem = getattr(m, "v_init", None)
                 m.mem = torch.zeros(0) if m.mem is None else m.mem.unsqueeze(0).clone()
-            per_step, total = [], {n: 0.0 for n in leaky}
+                if isinstance(m, snn.Synaptic):
+                    m.syn = torch.zeros(0)
+            per_step, total, state = [], {n: 0.0 for n in leaky}, None
             for _ in range(T):
-                out = net(x)
-                per_step.append((out[0] if isinstance(out, tuple) else out).reshape(-1))
+                out, state = net(x, state)
+                per_step.append(out.reshape(-1))
                 total = {n: total[n] + step[n] for n in leaky}
             logits.append(torch.stack(per_step))
             for n in leaky:
@@ -233,15 +245,20 @@ def cases() -> list[tuple[str, Callable[[], nn.Module], list[str], dict[str, Any
     adapters = ["adapter", "adapter+v_init", "adapter+v_init+delay",
                 "adapter+v_init+delay+nonstrict"]  # fmt: skip
     r20 = lambda **kw: lambda: build("resnet20", width=0.25, timesteps=T, **kw)  # noqa: E731
+    c = {"target": "compact"}
     return [
-        ("lif-chain", lif_chain, ["pure", "pure-batch2", "adapter"], {}),
-        ("lif-resnet20-post-add", r20(neuron="lif"), ["pure"], {}),
-        ("lif-resnet20-pre-add", r20(neuron="lif", block="pre-add"), ["pure"], {}),
-        ("if-resnet20-pre-add-phi0.5", r20(neuron="if", block="pre-add"), ["pure", *adapters], {}),
-        ("if-resnet20-pre-add-phi0.5-dt1", r20(neuron="if", block="pre-add"), ["pure"], {"dt": 1.0}),
-        ("if-resnet20-o-only-dt1", _spikes_only(r20(neuron="if")), ["pure"], {"dt": 1.0}),
-        ("if-resnet20-post-add-phi0", r20(neuron="if", phi=0.0), [adapters[0], *adapters[2:]], {}),
-        ("if-chain-ties", if_chain_with_ties, adapters[2:], {"quantized": True}),
+        ("lif-chain", lif_chain, ["pure", "pure-batch2", "adapter"], c),
+        ("lif-resnet20-post-add", r20(neuron="lif"), ["pure"], c),
+        ("lif-resnet20-pre-add", r20(neuron="lif", block="pre-add"), ["pure"], c),
+        ("if-resnet20-pre-add-phi0.5", r20(neuron="if", block="pre-add"), ["pure", *adapters], c),
+        ("if-resnet20-pre-add-phi0.5-dt1", r20(neuron="if", block="pre-add"), ["pure"], {**c, "dt": 1.0}),
+        ("if-resnet20-o-only-dt1", _spikes_only(r20(neuron="if")), ["pure"], {**c, "dt": 1.0}),
+        ("if-resnet20-post-add-phi0", r20(neuron="if", phi=0.0), [adapters[0], *adapters[2:]], c),
+        ("if-chain-ties", if_chain_with_ties, adapters[2:], {**c, "quantized": True}),
+        ("portable-lif-resnet20-pre-add", r20(neuron="lif", block="pre-add"), ["pure"], {}),
+        ("portable-if-resnet20-post-add", r20(neuron="if"), ["pure"], {}),
+        ("portable-if-resnet20-pre-add", r20(neuron="if", block="pre-add"), ["pure"], {}),
+        ("portable-if-chain-ties", if_chain_with_ties, ["pure"], {"quantized": True}),
     ]  # fmt: skip
 
 
@@ -276,7 +293,7 @@ def main() -> int:
             r = run_case(name, model, inputs, importer, **kw)
             results.append(r)
             print(_line(r))
-            exact = name.startswith("lif") and importer in ("pure", "adapter")
+            exact = name.startswith(("lif", "portable")) and importer in ("pure", "adapter")
             failed |= exact and ("error" in r or r["worst_site_fraction_differing"] > 0)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
