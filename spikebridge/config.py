@@ -25,6 +25,7 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import math
 import re
 import types
 import typing
@@ -371,7 +372,7 @@ def _plain(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _describe(hint: Any) -> str:
-    words = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+    words = {bool: "true/false", int: "an integer", float: "a finite number", str: "a string"}
     words[type(None)] = "none"
     return " or ".join(words.get(a, "comma-separated numbers") for a in _union_args(hint))
 
@@ -394,7 +395,10 @@ def _convert(value: Any, kind: Any) -> Any:
             raise ValueError
         if kind is int and isinstance(value, float):
             raise ValueError
-        return kind(value)
+        number = kind(value)
+        if not math.isfinite(number):  # nan / inf: never a meaningful setting
+            raise ValueError
+        return number
     if kind is str:
         if not isinstance(value, str):
             raise ValueError
@@ -480,18 +484,31 @@ def _resolve_field(section: str, key: str, value: Any) -> tuple[str, str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file (a mapping); ConfigError when missing or malformed."""
+    """Read a YAML config file (a mapping); ConfigError (one line, with the position of a
+    syntax error) when it is missing, unreadable or malformed."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r} ({exc.strerror}).") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text.") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({exc}).") from None
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid YAML ({_yaml_problem(exc)})."
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values.")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """``line L, column C: <problem>`` of a YAML error, on one line."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
 
 
 def load_config(

@@ -86,7 +86,13 @@ def test_unknown_yaml_key_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"lr": "fast"}, "'lr' is 'fast'; expected a number"),
+        ({"lr": "fast"}, "'lr' is 'fast'; expected a finite number"),
+        ({"lr": "nan"}, "'lr' is 'nan'; expected a finite number"),
+        ({"width": float("inf")}, "'width' is inf; expected a finite number"),
+        ({"width": 0}, "model option 'width' is 0.0; expected a finite number > 0"),
+        ({"width": -0.5}, "model option 'width' is -0.5"),
+        ({"timesteps": 0}, "model option 'timesteps' is 0; expected an integer >= 1"),
+        ({"threshold": 0.0}, "model option 'threshold' is 0.0; expected a finite number > 0"),
         ({"epochs": 2.5}, "'epochs' is 2.5; expected an integer"),
         ({"schedule": "linear"}, "expected one of cosine, multistep, onecycle"),
         ({"neuron": "izhikevich"}, "expected one of none, lif, if"),
@@ -97,6 +103,25 @@ def test_unknown_yaml_key_is_refused(tmp_path):
 def test_bad_values_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=overrides)
+
+
+def test_model_config_refuses_impossible_values_when_built_directly():
+    with pytest.raises(ConfigError, match="model option 'width' is nan"):
+        ModelConfig(width=float("nan"))
+    with pytest.raises(ConfigError, match="model option 'qcfs_levels' is 0"):
+        ModelConfig(qcfs_levels=0)
+    assert ModelConfig(width=0.25, timesteps=1, threshold=None).width == 0.25
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [("optim: {lr: 0.1\n", "line 2, column 1: expected ',' or '}'"),
+     ("optim:\n  lr: 0.1\n   x: 2\n", "line 3, column 5: mapping values are not allowed")],
+)  # fmt: skip
+def test_yaml_syntax_errors_are_one_line_with_the_position(tmp_path, text, where):
+    with pytest.raises(ConfigError) as info:
+        parse(["--config", str(write(tmp_path, text))])
+    assert "\n" not in str(info.value) and f"is not valid YAML ({where}" in str(info.value)
 
 
 def test_string_values_are_coerced_by_field_type():

@@ -8,6 +8,8 @@ folder's ``config.json`` rebuilds its model with ``build(**config["model"])``.
 from __future__ import annotations
 
 import difflib
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -86,6 +88,21 @@ class ModelConfig:
     zero_init_residual: bool = False  # last BN of every residual branch starts at γ = 0
     conv_init: str = "default"  # default (PyTorch's, as the IDSNN authors) | kaiming (fan-out)
 
+    def __post_init__(self) -> None:
+        """ConfigError for values no model can have: a width that is not a finite number
+        > 0 (``--width nan`` crashed, ``--width 0`` built 1-channel stages), T, class or
+        channel counts or QCFS levels < 1, a threshold or surrogate width <= 0, a
+        non-finite leak or initial potential, a negative stem padding."""
+        _check_number("width", self.width, low=0.0)
+        for key in ("timesteps", "num_classes", "in_channels", "qcfs_levels"):
+            _check_number(key, getattr(self, key), low=1, integer=True)
+        for key in ("threshold", "surrogate_alpha"):
+            if getattr(self, key) is not None:
+                _check_number(key, getattr(self, key), low=0.0)
+        for key in ("decay", "phi"):
+            _check_number(key, getattr(self, key))
+        _check_number("stem_padding", self.stem_padding, low=0, integer=True)
+
     def activation_spec(self) -> ActivationSpec:
         return ActivationSpec(
             kind=self.neuron or self.activation,
@@ -101,6 +118,19 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _check_number(key: str, value: Any, low: float | None = None, integer: bool = False) -> None:
+    """ConfigError unless ``value`` is a finite number (an integer when ``integer``), above
+    ``low`` (a float bound is exclusive, an integer bound inclusive)."""
+    kind = numbers.Integral if integer else numbers.Real  # numpy scalars count too
+    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value >= low if isinstance(low, int) else value > low
+    if not ok:
+        what = "an integer" if integer else "a finite number"
+        bound = "" if low is None else (f" >= {low}" if isinstance(low, int) else f" > {low:g}")
+        raise ConfigError(f"model option {key!r} is {value!r}; expected {what}{bound}.")
 
 
 def model_config_keys() -> list[str]:
