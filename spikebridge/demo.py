@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from spikebridge.engine.checkpoint import read_json
+from spikebridge.engine.rundir import validate_run_dir
 from spikebridge.engine.runs import train_run
+from spikebridge.errors import SpikebridgeError
 from spikebridge.recipes.conversion import convert_run
 from spikebridge.recipes.idsnn import distill_run
 
@@ -40,8 +42,14 @@ CONVERT_TEST_IMAGES = 2000
 
 
 def _finished(run_dir: Path) -> dict[str, Any] | None:
-    summary = run_dir / "summary.json"
-    return read_json(summary) if summary.is_file() else None
+    """The summary of a COMPLETE run folder (config, weights, summary.json written last:
+    ``validate_run_dir``), else None so the step runs (a folder cut before its summary, e.g.
+    a killed conversion, is never taken as finished)."""
+    try:
+        validate_run_dir(run_dir)
+    except SpikebridgeError:
+        return None
+    return read_json(run_dir / "summary.json")
 
 
 def _step(name: str, run_dir: Path, make: Callable[[], dict[str, Any]], log: Callable) -> dict:

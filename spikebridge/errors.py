@@ -17,3 +17,10 @@ class ConfigError(SpikebridgeError):
 
 class ModelError(SpikebridgeError):
     """A model cannot be built, loaded, mapped or converted as asked."""
+
+
+class RunError(ModelError):
+    """A run folder is missing, incomplete (no ``summary.json``), damaged or in use.
+
+    A subclass of :class:`ModelError`, which run-folder problems raised before it existed.
+    """

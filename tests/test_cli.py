@@ -16,8 +16,8 @@ SUMMARY_KEYS = {
     "test_accuracy", "val_accuracy", "best_test_accuracy", "final_test_accuracy", "epochs",
     "timesteps", "model", "dataset", "params", "train_time_s",
 }  # fmt: skip
-RUN_FILES = {"config.json", "metrics.jsonl", "model.safetensors", "last.safetensors",
-             "train_state.pt", "summary.json"}  # fmt: skip
+RUN_FILES = {"config.json", "metrics.jsonl", "model.safetensors", "checkpoint.pt",
+             "summary.json"}  # fmt: skip
 TINY = ["--dataset", "synthetic", "--model", "resnet20", "--width", "0.25", "--epochs", "4",
         "--schedule", "cosine", "--no-progress"]  # fmt: skip
 
@@ -112,6 +112,16 @@ def test_resume_through_the_cli_reports_a_finished_run(ann_run, capsys):
         (["train", "--dataset", "mnist"], "expected one of fashion-mnist"),
         (["train", "--lr", "fast"], "'lr' is 'fast'"),
         (["eval", "/nonexistent/run"], "does not exist"),
+        (
+            ["train", "--dataset", "synthetic", "--width", "nan"],
+            "'width' is 'nan'; expected a finite number",
+        ),
+        (
+            ["train", "--dataset", "synthetic", "--width", "0"],
+            "'width' is 0.0; expected a finite number > 0",
+        ),
+        (["train", "--dataset", "synthetic", "--timesteps", "0"], "'timesteps' is 0"),
+        (["report", "/nonexistent/run"], "does not exist"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
@@ -119,6 +129,21 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert "Traceback" not in err and not (tmp_path / "r").exists()  # nothing left behind
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("optim: {lr: 0.1\n", "line 2, column 1"),
+        ("optim:\n  lr: 0.1\n   x: 2\n", "line 3, column 5"),
+    ],
+)
+def test_yaml_syntax_error_exits_2_with_one_line(tmp_path, capsys, text, where):
+    (tmp_path / "c.yaml").write_text(text)
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "is not valid YAML (" + where in err and not (tmp_path / "r").exists()
 
 
 def test_unknown_yaml_key_exits_2_naming_the_nearest(tmp_path, capsys):

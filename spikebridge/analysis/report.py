@@ -11,9 +11,12 @@
   estimate (E_MAC = 4.6 pJ, E_AC = 0.9 pJ, 45 nm, Horowitz 2014);
 - ``errors.png``: the conversion error decomposition, when the folder has ``errors.csv``.
 
-A section whose data are absent is kept in ``report.md`` with one line saying what is
-missing, so a reader knows it was not forgotten. Figures are drawn on matplotlib's Agg
-canvas directly (no global backend change, no display needed).
+The folder must be finished (``summary.json``, written last, and a readable ``config.json``
+when it has one: :func:`spikebridge.engine.rundir.validate_run_dir`), so a report never
+describes a run that is half-written, still running or was killed. A section whose data are
+absent is kept in ``report.md`` with one line saying what is missing, so a reader knows it
+was not forgotten. Figures are drawn on matplotlib's Agg canvas directly (no global backend
+change, no display needed).
 """
 
 from __future__ import annotations
@@ -70,9 +73,19 @@ def read_run_files(run_dir: str | Path) -> RunFiles:
             run.results[file.stem] = data
     metrics = path / METRICS_FILE
     if metrics.is_file():
-        lines = metrics.read_text().splitlines()
-        run.metrics = [json.loads(line) for line in lines if line.strip()]
+        lines = enumerate(metrics.read_text().splitlines(), start=1)
+        run.metrics = [_json_line(metrics, n, line) for n, line in lines if line.strip()]
     return run
+
+
+def _json_line(path: Path, number: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{str(path)!r} is not valid JSON lines (line {number}: {exc.msg}); the file is "
+            "damaged."
+        ) from None
 
 
 # ----------------------------------------------------------------------------- figures
@@ -378,8 +391,12 @@ SECTIONS: tuple[Callable[[RunFiles], list[str]], ...] = (
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.md`` and its PNG figures (see the module docstring).
 
-    Returns the path of ``report.md``. DataError when the folder does not exist.
+    Returns the path of ``report.md``. RunError (one sentence) when the folder is missing,
+    unfinished (no ``summary.json``) or damaged.
     """
+    from spikebridge.engine.rundir import validate_run_dir  # the engine imports analysis
+
+    validate_run_dir(run_dir, kind="results")
     run = read_run_files(run_dir)
     lines = [f"# Run report: {run.path.name}", ""]
     for section in SECTIONS:

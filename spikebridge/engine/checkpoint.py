@@ -1,14 +1,23 @@
-"""Run-folder files: safetensors weights, JSON config/summary, resume state; all atomic.
+"""Run-folder files: safetensors weights, JSON config/summary, the epoch checkpoint; all atomic.
 
-DESIGN "a run is a folder" and "checkpoints rebuild themselves":
+DESIGN "a run is a folder" and "checkpoints rebuild themselves". A training run folder holds:
 
 - ``config.json``: the resolved config; ``config["model"]`` rebuilds the model;
-- ``model.safetensors``: the selected (best-validation) weights of the unwrapped module;
-- ``last.safetensors`` + ``train_state.pt``: the latest epoch, for ``--resume``;
-- ``metrics.jsonl``: one JSON line per epoch; ``summary.json``: final results.
+- ``checkpoint.pt``: everything needed to continue after the latest completed epoch, in ONE
+  file (current weights, selected weights, optimizer, schedule, AMP scaler and RNG states,
+  progress and the metrics records). Writing it is the commit point of an epoch: a process
+  killed at any moment leaves either the previous epoch's checkpoint or the new one, never
+  a mix (the old layout, ``last.safetensors`` + ``train_state.pt``, could be left one epoch
+  apart and then never resumed);
+- ``model.safetensors`` (the selected, best-validation weights) and ``metrics.jsonl`` (one
+  JSON line per epoch): derived from ``checkpoint.pt`` and written after it; a resume
+  rewrites them from it, so a kill between the files cannot make them disagree;
+- ``summary.json``: the final results, written LAST; a folder is finished exactly when it
+  has one, and every reader requires it (:func:`spikebridge.engine.rundir.validate_run_dir`);
+- ``.lock``: locked (``flock``) by the process writing the folder (:mod:`.rundir`).
 
-Every file is written to a temporary file in the same folder and moved into place with
-``os.replace``, so an interrupted write never leaves a half-written file behind.
+Every file is written to a temporary file in the same folder, flushed to disk and moved into
+place with ``os.replace``, so an interrupted write never leaves a half-written file behind.
 """
 
 from __future__ import annotations
@@ -28,31 +37,52 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from spikebridge.config import build_section
-from spikebridge.errors import ModelError
+from spikebridge.errors import ConfigError, ModelError, RunError
 from spikebridge.models import build_from_config
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 BEST_WEIGHTS = "model.safetensors"
+CHECKPOINT = "checkpoint.pt"
+SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
+CHECKPOINT_FORMAT = 2  # 1 was the two-file layout below
+# The old layout's resume files: finished old runs stay readable, unfinished ones are refused.
 LAST_WEIGHTS = "last.safetensors"
 TRAIN_STATE = "train_state.pt"
-SUMMARY_FILE = "summary.json"
 FILE_MODE = 0o644
+TMP_SUFFIX = ".tmp"  # temporary files: ".<name>.<random>.tmp" beside their target
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DDP / DataParallel
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    except OSError as exc:
+        raise RunError(f"cannot write {str(path)!r} ({exc.strerror}).") from None
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600 files; run folders are meant to be shared
+        _flush_to_disk(tmp)
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, permissions: one sentence, nothing half-written left
+        Path(tmp).unlink(missing_ok=True)
+        raise RunError(f"cannot write {str(path)!r} ({exc.strerror or exc}).") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _flush_to_disk(path: str) -> None:
+    """``fsync`` a written file, so the rename never exposes data still only in memory."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -66,7 +96,26 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file; RunError (one sentence, with the position) when it is unreadable or
+    damaged."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RunError(f"cannot read {str(path)!r} ({exc.strerror}).") from None
+    return _parse_json(data, path)
+
+
+def _parse_json(data: bytes, path: Path) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RunError(f"{str(path)!r} is not UTF-8 text; the file is damaged.") from None
+    except json.JSONDecodeError as exc:
+        raise RunError(
+            f"{str(path)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+            f"{exc.msg}); the file is damaged."
+        ) from None
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -74,7 +123,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().splitlines()
+    return [_parse_json(line, path) for line in lines if line.strip()]
 
 
 def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
@@ -177,40 +227,53 @@ def restore_rng(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_train_state(path: str | Path, state: Mapping[str, Any]) -> None:
-    """Atomically ``torch.save`` the resume state (tensors and plain Python values only)."""
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
+    """Atomically ``torch.save`` an epoch checkpoint (tensors and plain Python values only)."""
     atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
 
 
-def load_train_state(path: str | Path) -> dict[str, Any]:
-    """Load a resume state (``weights_only``: no arbitrary pickles)."""
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load an epoch checkpoint (``weights_only``: no arbitrary pickles); RunError when it is
+    unreadable or of another format."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelError(f"resume state {str(path)!r} is unreadable ({exc}).") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RunError(f"checkpoint {str(path)!r} is unreadable ({reason}).") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise RunError(
+            f"checkpoint {str(path)!r} is not a format-{CHECKPOINT_FORMAT} spikebridge "
+            "checkpoint; it cannot be resumed."
+        )
+    return state
 
 
 # ----------------------------------------------------------------------------- runs
 
 
 def load_run(
-    run_dir: str | Path, device: str | torch.device = "cpu"
+    run_dir: str | Path, device: str | torch.device = "cpu", kind: str = "run"
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a run folder's model with its selected weights: ``(model in eval mode, config)``.
+    """Rebuild a FINISHED run folder's model with its selected weights: ``(model in eval
+    mode, config)``.
 
-    ModelError when the folder, its ``config.json`` or ``model.safetensors`` is missing, or
-    when the weights do not fit the model the config describes (first bad key and shape).
-    A converted run (``config.json`` has a ``conversion`` section) is rebuilt with
+    The folder is checked first (:func:`spikebridge.engine.rundir.validate_run_dir` with
+    ``kind``: ``run``, or ``ann`` for readers that need an ANN): RunError names what is
+    missing or damaged (a folder without ``summary.json`` did not finish). ModelError when
+    the weights do not fit the model the config describes (first bad key and shape). A
+    converted run (``config.json`` has a ``conversion`` section) is rebuilt with
     :func:`spikebridge.methods.convert.build_converted` (BN folded, biased convs).
     """
+    from spikebridge.engine.rundir import validate_run_dir  # rundir reads this module's files
+
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ModelError(f"run folder {str(run_dir)!r} does not exist.")
-    for name in (CONFIG_FILE, BEST_WEIGHTS):
-        if not (run_dir / name).is_file():
-            raise ModelError(f"run folder {str(run_dir)!r} has no {name}; is it a finished run?")
-    config = read_json(run_dir / CONFIG_FILE)
-    model_cfg = build_section("model", config.get("model", {}))
+    config = validate_run_dir(run_dir, kind)
+    try:
+        model_cfg = build_section("model", config.get("model", {}))
+    except ConfigError as exc:
+        raise RunError(
+            f"{str(run_dir / CONFIG_FILE)!r} describes no valid model: {str(exc).rstrip('.')}."
+        ) from None
     state = load_weights(run_dir / BEST_WEIGHTS)
     if "conversion" in config:  # a converted run: BN folded away (spikebridge convert)
         from spikebridge.methods.convert import build_converted  # lazy: methods import engine

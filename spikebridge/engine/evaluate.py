@@ -86,7 +86,10 @@ def _accumulate(
     """Per-t correct counts ``[T]``, summed CE ``[T]`` and the number of samples."""
     correct = loss_sum = None
     n = 0
+    device = next((p.device for p in model.parameters()), None)
     for images, labels in loader:
+        if device is not None:  # a plain DataLoader yields CPU tensors; no-op when there
+            images, labels = images.to(device), labels.to(device)
         steps = _forward_steps(model, images).float()  # [T, B, K]
         mean = running_mean(steps)
         hits = (mean.argmax(-1) == labels).sum(1)  # [T]

@@ -1,13 +1,21 @@
 """Library entry points behind the CLI: ``train_run``, ``eval_run``, ``export_run``.
 
 ``train_run`` is a recipe of named steps (torchtune style): resolve the device, prepare the
-run folder, set up data, set up the model, ``fit``, measure, write the summary. Each step is
-a function that other recipes (distillation, conversion) can reuse; :func:`measure_run` is
-the measurement step (METHODS 3: firing rates, SOPs, MACs, energy estimate).
+run folder, set up data, set up the model, claim the folder, ``fit``, measure, write the
+summary. Each step is a function that other recipes (distillation, conversion) can reuse;
+:func:`measure_run` is the measurement step (METHODS 3: firing rates, SOPs, MACs, energy
+estimate).
+
+Run folders are transactional (:mod:`spikebridge.engine.rundir`): the writer holds a lock on
+the folder for the whole run, ``summary.json`` is written last, an interrupted run continues
+with ``--resume`` and one that failed before its first epoch was committed is started again
+by the same command. Readers (:func:`eval_run`, :func:`export_run`) accept finished folders
+only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -32,10 +40,12 @@ from spikebridge.data.imagefolder import ImageFolderLoader, load_imagefolder
 from spikebridge.data.spec import DATASET_INFO
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import distributed as ddp
+from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import evaluate
 from spikebridge.engine.tasks import ClassificationTask
 from spikebridge.engine.train import (
     INIT_STREAM,
+    TENSORBOARD_DIR,
     FitResult,
     Loaders,
     derive_seed,
@@ -164,27 +174,26 @@ def default_run_dir(config: Config) -> Path:
 
 
 def prepare_run_dir(config: Config) -> Path:
-    """Choose the run folder; refuse to overwrite a run unless resuming it.
+    """Choose the run folder; refuse early what :func:`rundir.claim_run_dir` would refuse
+    (a file, a finished or interrupted run without ``--resume``), before any data is loaded.
 
-    The folder itself is created only once data and model are set up, so bad input
-    leaves nothing behind.
+    The folder itself is created (and locked) only once data and model are set up, so bad
+    input leaves nothing behind. The check is repeated under the lock.
     """
     t = config.train
     if t.resume and not t.out:
         raise ConfigError("--resume needs the run folder to continue, given as --out RUN_DIR.")
-    run_dir = Path(t.out) if t.out else default_run_dir(config)
-    if (run_dir / ckpt.CONFIG_FILE).exists() and not t.resume:
-        raise ConfigError(
-            f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue it "
-            "or choose another --out."
-        )
+    run_dir = rundir.check_out_path(t.out) if t.out else default_run_dir(config)
+    rundir.check_claimable(run_dir, rundir.run_status(run_dir), t.resume, resumable=True)
     return run_dir
 
 
 def stored_config(run_dir: str | Path | None) -> dict[str, Any] | None:
-    """The ``config.json`` of a run folder, or None when there is none (yet)."""
-    path = Path(run_dir) / ckpt.CONFIG_FILE if run_dir else None
-    return ckpt.read_json(path) if path is not None and path.is_file() else None
+    """The ``config.json`` of a run folder, or None when there is none (yet); RunError when
+    it is damaged. A folder that never committed an epoch has no stored config to keep."""
+    if not run_dir or not (Path(run_dir) / ckpt.CONFIG_FILE).is_file():
+        return None
+    return rundir.read_run_config(run_dir)
 
 
 def _flatten(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -193,6 +202,8 @@ def _flatten(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_resumable(run_dir: Path, config: Config) -> None:
     """ConfigError naming the first setting that differs from the stored run's."""
+    if rundir.run_status(run_dir) != rundir.INTERRUPTED:
+        return  # nothing committed yet: the new config is the run's
     saved = stored_config(run_dir)
     # Fill keys added to the config since the run was stored with their defaults.
     base = load_config(config.sections, base=saved) if saved else config
@@ -295,13 +306,35 @@ def train_run(config: Config | Mapping[str, Any], log: Callable[[str], None] = p
     return summary
 
 
+def finished_summary(run_dir: Path, log: Callable[[str], None]) -> dict | None:
+    """The summary of a finished run folder (``--resume`` of it has nothing to do), else None."""
+    if rundir.run_status(run_dir) != rundir.FINISHED:
+        return None
+    log(f"run {run_dir} is already finished; nothing to resume.")
+    return ckpt.read_json(run_dir / ckpt.SUMMARY_FILE)
+
+
+def claim_for_training(run_dir: Path, config: Config, leftovers: Sequence[str] = ()) -> Any:
+    """Rank 0: :func:`rundir.claim_run_dir` (lock held for the run); other ranks: no lock."""
+    if not ddp.is_main_process():
+        return contextlib.nullcontext(rundir.NEW)
+    leftovers = (TENSORBOARD_DIR, *leftovers)
+    return rundir.claim_run_dir(run_dir, config.train.resume, leftovers=leftovers)
+
+
+def write_config(run_dir: Path, config: Config, status: str) -> None:
+    """Rank 0: ``config.json`` of a run that has committed nothing yet (a resumed run keeps
+    the stored one, which :func:`check_resumable` compared)."""
+    if ddp.is_main_process() and status != rundir.INTERRUPTED:
+        ckpt.write_json(run_dir / ckpt.CONFIG_FILE, config.to_dict())
+
+
 def _train_steps(config: Config, device: torch.device, log: Callable[[str], None]) -> dict:
     """The steps of :func:`train_run` on this rank; only rank 0 writes the run folder."""
     run_dir = ddp.on_main(prepare_run_dir, config)  # one name (it has a timestamp) for all
     config = config.replace("train", out=str(run_dir))
-    if config.train.resume and (run_dir / ckpt.SUMMARY_FILE).is_file():
-        log(f"run {run_dir} is already finished; nothing to resume.")
-        return ckpt.read_json(run_dir / ckpt.SUMMARY_FILE)
+    if config.train.resume and (done := finished_summary(run_dir, log)) is not None:
+        return done
     loaders, info = setup_data(config.data, config.train.seed, device)
     config = config.replace("model", num_classes=info.num_classes, in_channels=info.in_channels)
     if config.train.resume:
@@ -309,15 +342,18 @@ def _train_steps(config: Config, device: torch.device, log: Callable[[str], None
     model = setup_model(config.model, config.train.seed, device)
     if getattr(config.train, "tensorboard", False):
         open_tensorboard(None)  # fail before the run folder exists when tensorboard is missing
-    if ddp.is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if stored_config(run_dir) is None:
-            ckpt.write_json(run_dir / ckpt.CONFIG_FILE, config.to_dict())
-    result = fit(model, ClassificationTask(), loaders, config.optim, config.train, run_dir, log)
-    summary = make_summary(config, model, result, run_dir)
-    summary.update(measure_step(model, loaders, log))
-    if ddp.is_main_process():
-        ckpt.write_json(run_dir / ckpt.SUMMARY_FILE, summary)
+    with claim_for_training(run_dir, config) as status:
+        if status == rundir.FINISHED:  # finished by another process since the first check
+            return finished_summary(run_dir, log) or {}
+        if config.train.resume:
+            check_resumable(run_dir, config)  # again, under the lock
+        write_config(run_dir, config, status)
+        task = ClassificationTask()
+        result = fit(model, task, loaders, config.optim, config.train, run_dir, log)
+        summary = make_summary(config, model, result, run_dir)
+        summary.update(measure_step(model, loaders, log))
+        if ddp.is_main_process():
+            ckpt.write_json(run_dir / ckpt.SUMMARY_FILE, summary)  # last: the run is finished
     return summary
 
 
@@ -360,7 +396,7 @@ def eval_run(
     device: str = "auto",
     batch_size: int | None = None,
 ) -> dict:
-    """Evaluate a run folder's selected model; writes and returns ``eval.json``.
+    """Evaluate a finished run folder's selected model; writes and returns ``eval.json``.
 
     Adds the :func:`measure_run` numbers (firing rates, SOPs, MACs, energy estimate) of the
     model at its own T on the first :data:`MEASURE_IMAGES` images of the split.

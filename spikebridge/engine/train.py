@@ -10,9 +10,15 @@ Model selection happens on the validation split: the weights of the epoch with t
 validation accuracy are kept (``model.safetensors``) and tested ONCE at the end. The best
 test accuracy over epochs is also recorded, labelled as the figure papers report (DESIGN).
 
-Resume is bit-exact on CPU: data order comes from ``loader.set_epoch(epoch)`` and every
-other random stream is re-seeded from ``(seed, epoch)`` at the start of each epoch; the
-optimizer, schedule, AMP scaler and RNG states are restored from ``train_state.pt``.
+The training batches may come from any re-iterable with ``len()`` that yields ``(images,
+labels)``: the project's loaders or a plain ``torch.utils.data.DataLoader``. Batches are moved
+to the model's device when they are elsewhere.
+
+Resume is bit-exact on CPU: every random stream is re-seeded from ``(seed, epoch)`` at the
+start of each epoch; data order comes from ``loader.set_epoch(epoch)`` when the loader has it
+(else a shuffling DataLoader draws its order from that re-seeded torch RNG); the weights,
+optimizer, schedule, AMP scaler and RNG states are restored from ``checkpoint.pt``, the one
+file an epoch commits (see :mod:`spikebridge.engine.checkpoint`).
 """
 
 from __future__ import annotations
@@ -41,7 +47,6 @@ from spikebridge.errors import ConfigError, ModelError
 
 EPOCH_STREAM, INIT_STREAM = 1, 2  # keys of derive_seed, so streams never coincide
 POSTFIX_EVERY = 10  # refresh the progress bar's loss every N steps (each refresh syncs)
-STATE_FORMAT = 1
 TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard holds the event files (--tensorboard)
 
 
@@ -79,8 +84,10 @@ def open_tensorboard(run_dir: str | Path | None) -> Any:
 
 @dataclass
 class Loaders:
-    """Batches of the three splits; ``train`` has ``set_epoch``; ``val`` may be None (no
-    held-out split: the last epoch is selected); ``test`` may be None (not measured)."""
+    """Batches ``(images, labels)`` of the three splits. ``train`` is re-iterable with
+    ``len()`` (batches per epoch, for the schedule), e.g. a plain DataLoader; its
+    ``set_epoch(epoch)`` is called when it has one. ``val`` may be None (no held-out split:
+    the last epoch is selected); ``test`` may be None (not measured)."""
 
     train: Any
     val: Iterable[Any] | None
@@ -89,7 +96,7 @@ class Loaders:
 
 @dataclass
 class FitState:
-    """Progress saved in ``train_state.pt``; accuracies are fractions."""
+    """Progress saved in ``checkpoint.pt``; accuracies are fractions."""
 
     epoch: int = 0  # epochs completed
     best_val: float | None = None  # validation accuracy of the selected epoch
@@ -125,10 +132,12 @@ class Trainer:
         wrapped = ddp.wrap_model(model, getattr(train, "sync_bn", False))  # DDP if torchrun
         self.forward_model = torch.compile(wrapped) if train.compile else wrapped
         self.optimizer = build_optimizer(model, optim)
-        self.scheduler = build_scheduler(self.optimizer, optim, train.epochs, len(loaders.train))
+        steps = batches_per_epoch(loaders.train)
+        self.scheduler = build_scheduler(self.optimizer, optim, train.epochs, steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.state, self.history = FitState(), []
         self.best_weights: dict[str, torch.Tensor] | None = None
+        self.best_changed = False  # the selected weights changed in the epoch being saved
         wants_tb = getattr(train, "tensorboard", False)  # per-epoch scalars for TensorBoard
         self.writer = open_tensorboard(self.run_dir) if wants_tb and self.writes else None
 
@@ -136,7 +145,8 @@ class Trainer:
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training batches; returns averaged loss, accuracy and extras."""
-        self.loaders.train.set_epoch(epoch)
+        if hasattr(self.loaders.train, "set_epoch"):
+            self.loaders.train.set_epoch(epoch)
         seed_everything(derive_seed(self.cfg.seed, epoch, EPOCH_STREAM))
         self.forward_model.train()
         sums: dict[str, torch.Tensor] = {}
@@ -147,6 +157,7 @@ class Trainer:
             disable=not (self.cfg.progress and sys.stderr.isatty() and self.writes),
         )  # fmt: skip
         for i, (images, labels) in enumerate(bar):
+            images, labels = images.to(self.device), labels.to(self.device)  # no-op if there
             out = self.step(images, labels)
             _accumulate(sums, out, labels)
             n += len(labels)
@@ -199,59 +210,69 @@ class Trainer:
             self.best_weights = {
                 k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
             }
-            if self.run_dir is not None and self.writes:
-                ckpt.save_weights(self.best_weights, self.run_dir / ckpt.BEST_WEIGHTS)
+            self.best_changed = True
 
     # ------------------------------------------------------------------ save / resume
 
     def save(self, record: dict[str, Any]) -> None:
-        """Append the epoch's metrics; save last weights and the resume state (atomic)."""
+        """Commit the epoch: ``checkpoint.pt`` first (one atomic file holding everything a
+        resume needs), then the files derived from it (``metrics.jsonl``, and
+        ``model.safetensors`` when the selection changed). A kill between them leaves a
+        consistent checkpoint, from which :meth:`resume` rewrites the derived files."""
         self.history.append(record)
         if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "epoch":
                     self.writer.add_scalar(key, value, record["epoch"])
             self.writer.flush()
-        if self.run_dir is None or not self.writes:
-            return
-        ckpt.write_jsonl(self.run_dir / ckpt.METRICS_FILE, self.history)
-        meta = {"epoch": str(self.state.epoch)}
-        ckpt.save_weights(self.model, self.run_dir / ckpt.LAST_WEIGHTS, metadata=meta)
-        ckpt.save_train_state(self.run_dir / ckpt.TRAIN_STATE, self._train_state())
+        if self.run_dir is not None and self.writes:
+            self.run_dir.mkdir(parents=True, exist_ok=True)  # fit used as a library function
+            ckpt.save_checkpoint(self.run_dir / ckpt.CHECKPOINT, self._checkpoint())
+            self._write_derived(best=self.best_changed)
+        self.best_changed = False
 
-    def _train_state(self) -> dict[str, Any]:
+    def _write_derived(self, best: bool) -> None:
+        """``metrics.jsonl`` from the history; ``model.safetensors`` when ``best``."""
+        ckpt.write_jsonl(self.run_dir / ckpt.METRICS_FILE, self.history)
+        if best and self.best_weights is not None:
+            ckpt.save_weights(self.best_weights, self.run_dir / ckpt.BEST_WEIGHTS)
+
+    def _checkpoint(self) -> dict[str, Any]:
+        """The epoch's resume state; ``best`` is None when the selected weights are this
+        epoch's (``model``), so they are stored once."""
+        model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        best = None if self.state.best_epoch == self.state.epoch else self.best_weights
         return {
-            "format": STATE_FORMAT, "fit": asdict(self.state), "rng": ckpt.capture_rng(),
+            "format": ckpt.CHECKPOINT_FORMAT, "fit": asdict(self.state), "rng": ckpt.capture_rng(),
+            "model": model, "best": best, "history": self.history,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
         }  # fmt: skip
 
     def resume(self) -> None:
-        """Continue from ``last.safetensors`` + ``train_state.pt`` when the run has them."""
-        path = self.run_dir / ckpt.TRAIN_STATE if self.run_dir is not None else None
+        """Continue from ``checkpoint.pt`` when the run has one (else start at epoch 1)."""
+        path = self.run_dir / ckpt.CHECKPOINT if self.run_dir is not None else None
         if path is None or not path.is_file():
+            if path is not None and (self.run_dir / ckpt.TRAIN_STATE).is_file():
+                raise ModelError(
+                    f"run folder {str(self.run_dir)!r} was written by an older spikebridge "
+                    f"({ckpt.TRAIN_STATE}), which cannot be resumed safely; start it again."
+                )
             self.log("no saved training state found; starting from epoch 1")
             return
-        saved = ckpt.load_train_state(path)
-        last = self.run_dir / ckpt.LAST_WEIGHTS
-        if ckpt.weights_metadata(last).get("epoch") != str(saved["fit"]["epoch"]):
-            raise ModelError(f"{last} and {path} are from different epochs; cannot resume.")
-        ckpt.load_state_into(self.model, ckpt.load_weights(last, self.device), str(last))
+        saved = ckpt.load_checkpoint(path)
+        ckpt.load_state_into(self.model, saved["model"], str(path))
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
         ckpt.restore_rng(saved["rng"])
         self.state = FitState(**saved["fit"])
-        self._resume_files()
-        self.log(f"resumed after epoch {self.state.epoch} of {self.cfg.epochs}")
-
-    def _resume_files(self) -> None:
-        """Reload the selected weights and the metrics of the completed epochs."""
-        best = self.run_dir / ckpt.BEST_WEIGHTS
+        self.history = list(saved["history"])
         if self.state.best_epoch > 0:
-            self.best_weights = ckpt.load_weights(best)
-        records = ckpt.read_jsonl(self.run_dir / ckpt.METRICS_FILE)
-        self.history = [r for r in records if r.get("epoch", 0) <= self.state.epoch]
+            self.best_weights = saved["best"] if saved["best"] is not None else saved["model"]
+        if self.writes:  # a kill may have cut the derived files: rewrite them from the checkpoint
+            self._write_derived(best=True)
+        self.log(f"resumed after epoch {self.state.epoch} of {self.cfg.epochs}")
 
     # ------------------------------------------------------------------ the end
 
@@ -265,6 +286,20 @@ class Trainer:
         if self.loaders.test is not None:
             result.test = final_test(self.model, self.loaders.test, self.cfg.eval_timesteps)
         return result
+
+
+def batches_per_epoch(loader: Any) -> int:
+    """``len(loader)``: the schedule is laid out in steps; ConfigError when it has none."""
+    try:
+        steps = len(loader)
+    except TypeError:
+        raise ConfigError(
+            f"the training loader ({type(loader).__name__}) has no len(); fit needs the number "
+            "of batches per epoch for the learning-rate schedule (use a map-style dataset)."
+        ) from None
+    if steps < 1:
+        raise ConfigError("the training loader has no batches; expected at least one.")
+    return steps
 
 
 def _accumulate(sums: dict[str, torch.Tensor], out: dict[str, Any], labels: torch.Tensor) -> None:
@@ -312,8 +347,10 @@ def fit(
 ) -> FitResult:
     """Train ``model`` (already on its device) for ``train.epochs`` epochs with ``task``.
 
-    With ``run_dir``, writes ``metrics.jsonl``, ``model.safetensors`` (selected weights),
-    ``last.safetensors`` and ``train_state.pt`` there; ``train.resume`` continues from them.
+    ``loaders.train`` may be any re-iterable of ``(images, labels)`` batches with ``len()``,
+    e.g. a plain ``torch.utils.data.DataLoader`` (see :class:`Loaders`). With ``run_dir``,
+    commits ``checkpoint.pt`` after every epoch, then ``metrics.jsonl`` and
+    ``model.safetensors`` (selected weights); ``train.resume`` continues from the checkpoint.
     Returns a :class:`FitResult`; the model holds the selected (best-validation) weights.
     """
     trainer = Trainer(model, task, loaders, optim, train, run_dir, log)

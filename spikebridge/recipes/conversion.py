@@ -23,8 +23,11 @@ Choices where the spec is silent:
 
 A converted run folder holds ``config.json`` (the ANN run's data/train sections, the
 converted ``model`` section with ``neuron="if"`` and a ``conversion`` section),
-``model.safetensors`` (folded weights + thresholds), ``summary.json`` and
-``conversion.md``; :func:`spikebridge.engine.load_run` reloads it.
+``model.safetensors`` (folded weights + thresholds), ``conversion.md`` and, written last,
+``summary.json``; :func:`spikebridge.engine.load_run` reloads it. The ``--ann`` input must be
+a finished ANN run folder; ``--out`` is locked while the conversion runs, and a conversion
+that failed or was killed before ``summary.json`` is started again by the same command
+(:mod:`spikebridge.engine.rundir`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from torch import nn
 from spikebridge.config import DEFAULT_RUNS_DIR, build_section
 from spikebridge.data import DeviceLoader, load_splits
 from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import evaluate
 from spikebridge.engine.runs import measure_run, resolve_device
 from spikebridge.errors import ConfigError
@@ -162,12 +166,13 @@ def _check_request(method: str, timesteps: Sequence[int]) -> list[int]:
 
 
 def _out_dir(out: str | Path | None, ann_run: Path, method: str) -> Path:
+    """``--out`` or ``runs/<ann>-<method>-<time>``; refused early when it is a file or holds
+    a run (an unfinished conversion is started again: rundir.claim_run_dir)."""
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = Path(DEFAULT_RUNS_DIR) / f"{ann_run.name}-{method}-{stamp}"
-    out = Path(out)
-    if (out / ckpt.CONFIG_FILE).exists():
-        raise ConfigError(f"run folder {str(out)!r} already holds a run; choose another --out.")
+    out = rundir.check_out_path(out)
+    rundir.check_claimable(out, rundir.run_status(out), resume=False, resumable=False)
     return out
 
 
@@ -224,64 +229,77 @@ def convert_run(
     Simulates once at ``max(timesteps)``; ``summary["accuracy_by_timestep"]`` holds every
     ``t <= max(timesteps)`` (fractions). ``ttrbr`` tunes at ``tune_timesteps`` (see the
     module docstring). ``max_test_images``: evaluate on the first N test images only
-    (for CPU budgets; the ANN is evaluated on the same images). Bad method / timesteps / folder -> ConfigError or ModelError.
+    (for CPU budgets; the ANN is evaluated on the same images). Bad method / timesteps ->
+    ConfigError; an ``ann_run`` that is not a finished ANN run folder -> RunError.
     """
     wanted = _check_request(method, timesteps)
     channelwise = resolve_channelwise(method, channelwise)
     tune_t = int(tune_timesteps or default_tune_timesteps(wanted))
     ann_run = Path(ann_run)
     dev = resolve_device(device)
-    ann, config = ckpt.load_run(ann_run, dev)
+    ann, config = ckpt.load_run(ann_run, dev, kind="ann")  # a finished ANN run, or RunError
     out_dir = _out_dir(out, ann_run, method)
     splits, data, seed = run_data(config, data_dir)
     calib = calibration_images(splits, calibration_size, seed, dev) if method != "qcfs" else None
     held_out, source = None, None
     if method == "ttrbr" and selects_reference(tune_reference, ann):
         held_out, source = selection_images(splits, selection_size, seed, dev, calibration_size)
-    start = time.perf_counter()
-    snn = convert(
-        ann, method, calib, tune_t, percentile, 0.5, channelwise, tune_phi,
-        tune_guard=tune_guard, tune_bias=tune_bias and method == "ttrbr",
-        compensate_stream=compensate_stream and method == "ttrbr", tune_reference=tune_reference,
-        tune_epochs=tune_epochs if method == "ttrbr" else 0, tune_lr=tune_lr,
-        tune_schedule=tune_schedule, selection_data=held_out,
-    )  # fmt: skip
-    convert_s = time.perf_counter() - start
-    loader = eval_loader(splits, data, seed, dev, batch_size, max_test_images)
-    ann_acc = evaluate(ann, loader)["accuracy"]
-    result = evaluate(snn, loader, timesteps=max(wanted))
-    epochs = _calibration_epochs(snn)
-    options = {
-        "ann_run": str(ann_run), "method": method, "timesteps": wanted,
-        "tune_timesteps": tune_t if method == "ttrbr" else None,
-        "calibration_size": calibration_size if calib is not None else 0,
-        "percentile": percentile, "channelwise": channelwise, "tune_phi": tune_phi,
-        "tune_guard": tune_guard if method == "ttrbr" else None,
-        "tune_bias": tune_bias if method == "ttrbr" else None,
-        "compensate_stream": compensate_stream if method == "ttrbr" else None,
-        "tune_reference": snn.conversion_report.tuning.reference if method == "ttrbr" else None,
-        "tune_epochs": epochs, "tune_lr": tune_lr if epochs else None,
-        "tune_schedule": tune_schedule if epochs else None,
-    }  # fmt: skip
-    summary = {
-        **options, "ann_accuracy": ann_acc, "accuracy_by_timestep": result["accuracy_by_timestep"],
-        "loss_by_timestep": result["loss_by_timestep"], "test_samples": result["samples"],
-        "convert_time_s": convert_s, "model": config.get("model", {}).get("name"),
-        "block": config.get("model", {}).get("block"),
-        "activation": config.get("model", {}).get("activation"), "run_dir": str(out_dir),
-        "note": OURS_NOTE,
-    }  # fmt: skip
-    if snn.conversion_report.calibration is not None:
-        summary["output_calibration"] = snn.conversion_report.calibration.to_dict()
-    if snn.conversion_report.selection is not None:
-        summary["reference_selection"] = {
-            **snn.conversion_report.selection.to_dict(), "source": source
+    claim = rundir.claim_run_dir(out_dir, resume=False, resumable=False, leftovers=(REPORT_FILE,))
+    with claim:  # --out locked until summary.json, written last, makes the folder finished
+        start = time.perf_counter()
+        snn = convert(
+            ann, method, calib, tune_t, percentile, 0.5, channelwise, tune_phi,
+            tune_guard=tune_guard, tune_bias=tune_bias and method == "ttrbr",
+            compensate_stream=compensate_stream and method == "ttrbr",
+            tune_reference=tune_reference, tune_epochs=tune_epochs if method == "ttrbr" else 0,
+            tune_lr=tune_lr, tune_schedule=tune_schedule, selection_data=held_out,
+        )  # fmt: skip
+        convert_s = time.perf_counter() - start
+        loader = eval_loader(splits, data, seed, dev, batch_size, max_test_images)
+        ann_acc = evaluate(ann, loader)["accuracy"]
+        result = evaluate(snn, loader, timesteps=max(wanted))
+        epochs = _calibration_epochs(snn)
+        options = {
+            "ann_run": str(ann_run), "method": method, "timesteps": wanted,
+            "tune_timesteps": tune_t if method == "ttrbr" else None,
+            "calibration_size": calibration_size if calib is not None else 0,
+            "percentile": percentile, "channelwise": channelwise, "tune_phi": tune_phi,
+            "tune_guard": tune_guard if method == "ttrbr" else None,
+            "tune_bias": tune_bias if method == "ttrbr" else None,
+            "compensate_stream": compensate_stream if method == "ttrbr" else None,
+            "tune_reference": snn.conversion_report.tuning.reference if method == "ttrbr" else None,
+            "tune_epochs": epochs, "tune_lr": tune_lr if epochs else None,
+            "tune_schedule": tune_schedule if epochs else None,
         }  # fmt: skip
-    snn.set_timesteps(tune_t)  # firing, SOPs and energy at the deployment T (METHODS 3)
-    summary.update(measure_run(snn, loader))
-    _write_converted(out_dir, config, snn, options, summary, max(wanted))
+        summary = _conversion_summary(options, ann_acc, result, convert_s, config, out_dir)
+        _add_report_parts(summary, snn, source)
+        snn.set_timesteps(tune_t)  # firing, SOPs and energy at the deployment T (METHODS 3)
+        summary.update(measure_run(snn, loader))
+        _write_converted(out_dir, config, snn, options, summary, max(wanted))
     log(format_accuracy_table(summary))
     return summary
+
+
+def _conversion_summary(
+    options: dict, ann_acc: float, result: dict, convert_s: float, config: dict, out_dir: Path
+) -> dict[str, Any]:
+    """The ``summary.json`` record of a conversion (before the measurements)."""
+    model = config.get("model", {})
+    return {
+        **options, "ann_accuracy": ann_acc, "accuracy_by_timestep": result["accuracy_by_timestep"],
+        "loss_by_timestep": result["loss_by_timestep"], "test_samples": result["samples"],
+        "convert_time_s": convert_s, "model": model.get("name"), "block": model.get("block"),
+        "activation": model.get("activation"), "run_dir": str(out_dir), "note": OURS_NOTE,
+    }  # fmt: skip
+
+
+def _add_report_parts(summary: dict[str, Any], snn: nn.Module, source: str | None) -> None:
+    """The output calibration and the tuning reference selection, when they ran."""
+    report = snn.conversion_report  # type: ignore[attr-defined]
+    if report.calibration is not None:
+        summary["output_calibration"] = report.calibration.to_dict()
+    if report.selection is not None:
+        summary["reference_selection"] = {**report.selection.to_dict(), "source": source}
 
 
 def _write_converted(
@@ -295,7 +313,7 @@ def _write_converted(
     ckpt.write_json(out_dir / ckpt.CONFIG_FILE, stored)
     ckpt.save_weights(snn, out_dir / ckpt.BEST_WEIGHTS, {"converted": "1"})
     ckpt.write_text(out_dir / REPORT_FILE, _report_markdown(summary, snn))
-    ckpt.write_json(out_dir / ckpt.SUMMARY_FILE, summary)
+    ckpt.write_json(out_dir / ckpt.SUMMARY_FILE, summary)  # last: the folder is finished
 
 
 def format_accuracy_table(summary: dict[str, Any]) -> str:
@@ -324,10 +342,12 @@ def analyze_run(
 ) -> dict[str, Any]:
     """Per-layer error decomposition (METHODS 2.3, our design) -> errors.md/.csv/.png.
 
-    ``run_dir`` is a converted run folder, or an ANN run folder with ``method`` (then it is
-    converted in memory, at ``timesteps``). ``images`` training images (seeded draw, not
-    the calibration draw's order) are simulated for ``timesteps`` steps (default: the
-    tuning T of a ttrbr run, else 4).
+    ``run_dir`` is a finished converted run folder, or a finished ANN run folder with
+    ``method`` (then it is converted in memory, at ``timesteps``); RunError otherwise. An
+    output folder of its own (not a run's) also gets the result as ``summary.json``, written
+    last, so ``spikebridge report`` reads it like any finished folder. ``images`` training
+    images (seeded draw, not the calibration draw's order) are simulated for ``timesteps``
+    steps (default: the tuning T of a ttrbr run, else 4).
     """
     dev = resolve_device(device)
     model, config = ckpt.load_run(run_dir, dev)
@@ -348,18 +368,19 @@ def analyze_run(
     out_dir = Path(out) if out else Path(run_dir)
     if conv is None and out is None:
         out_dir = Path(run_dir) / f"analysis-{method}-t{T}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    rundir.check_out_path(out_dir).mkdir(parents=True, exist_ok=True)
     text = f"# Per-layer conversion error, T = {T}, {images} images\n\n{OURS_NOTE}.\n\n"
     ckpt.write_text(out_dir / "errors.md", text + table.to_markdown() + "\n")
     table.to_csv(out_dir / "errors.csv")
     plot_errors(table, out_dir / "errors.png")
+    rows = [dataclasses.asdict(r) for r in table.rows]
+    result = {"out_dir": str(out_dir), "run_dir": str(run_dir), "method": method,
+              "timesteps": T, "images": images, "rows": rows}  # fmt: skip
+    if not (out_dir / ckpt.SUMMARY_FILE).is_file():  # its own folder: finished, for `report`
+        ckpt.write_json(out_dir / ckpt.SUMMARY_FILE, result)
     log(table.to_markdown())
     log(f"wrote {out_dir / 'errors.md'}, errors.csv, errors.png")
-    return {
-        "out_dir": str(out_dir),
-        "timesteps": T,
-        "rows": [dataclasses.asdict(r) for r in table.rows],
-    }
+    return result
 
 
 # ----------------------------------------------------------------------------- CLI

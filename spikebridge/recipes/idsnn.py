@@ -36,8 +36,11 @@ from spikebridge.config import (
 )
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import distributed as ddp
+from spikebridge.engine import rundir
 from spikebridge.engine.runs import (
     check_resumable,
+    claim_for_training,
+    finished_summary,
     make_summary,
     measure_step,
     prepare_run_dir,
@@ -46,6 +49,7 @@ from spikebridge.engine.runs import (
     setup_runtime,
     stored_config,
     train_run,
+    write_config,
 )
 from spikebridge.engine.tasks import ClassificationTask
 from spikebridge.engine.train import FitResult, fit, print_flush
@@ -141,12 +145,12 @@ def check_teacher_needed(cfg: DistillConfig) -> None:
 
 
 def load_teacher(cfg: DistillConfig, device: Any) -> tuple[nn.Module | None, float | None]:
-    """The teacher run's model (eval mode, on ``device``) and its test accuracy (or None)."""
+    """The teacher run's model (eval mode, on ``device``) and its test accuracy (or None);
+    the teacher folder must be a finished run (RunError otherwise)."""
     if not cfg.teacher:
         return None, None
     teacher, _ = ckpt.load_run(cfg.teacher, device)
-    path = Path(cfg.teacher) / ckpt.SUMMARY_FILE
-    accuracy = ckpt.read_json(path).get("test_accuracy") if path.is_file() else None
+    accuracy = ckpt.read_json(Path(cfg.teacher) / ckpt.SUMMARY_FILE).get("test_accuracy")
     return teacher, accuracy
 
 
@@ -222,9 +226,8 @@ def _distill_steps(config: Config, device: Any, log: Log) -> dict[str, Any]:
     only rank 0 writes the run folder."""
     run_dir = ddp.on_main(prepare_run_dir, config)  # one name (it has a timestamp) for all
     config = config.replace("train", out=str(run_dir))
-    if config.train.resume and (run_dir / ckpt.SUMMARY_FILE).is_file():
-        log(f"run {run_dir} is already finished; nothing to resume.")
-        return ckpt.read_json(run_dir / ckpt.SUMMARY_FILE)
+    if config.train.resume and (done := finished_summary(run_dir, log)) is not None:
+        return done
     teacher, teacher_accuracy = load_teacher(config.distill, device)
     loaders, info = setup_data(config.data, config.train.seed, device)
     config = config.replace("model", num_classes=info.num_classes, in_channels=info.in_channels)
@@ -232,17 +235,20 @@ def _distill_steps(config: Config, device: Any, log: Log) -> dict[str, Any]:
         check_resumable(run_dir, config)
     check_teacher_fits(teacher, info.num_classes, config.distill)
     model = setup_model(config.model, config.train.seed, device)
-    if ddp.is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-    apply_init(model, teacher, config.distill, run_dir, log)
-    if ddp.is_main_process() and stored_config(run_dir) is None:
-        ckpt.write_json(run_dir / ckpt.CONFIG_FILE, config.to_dict())
-    task = make_task(config.distill, teacher)
-    result = fit(model, task, loaders, config.optim, config.train, run_dir, log)
-    summary = distill_summary(config, model, result, run_dir, teacher_accuracy)
-    summary.update(measure_step(model, loaders, log))  # firing, SOPs, energy (METHODS 3)
-    if ddp.is_main_process():
-        ckpt.write_json(run_dir / ckpt.SUMMARY_FILE, summary)
+    reports = (INIT_REPORT_MD, INIT_REPORT_JSON)  # a previous attempt's, removed when unstarted
+    with claim_for_training(run_dir, config, reports) as status:  # locked for the whole run
+        if status == rundir.FINISHED:  # finished by another process since the first check
+            return finished_summary(run_dir, log) or {}
+        if config.train.resume:
+            check_resumable(run_dir, config)  # again, under the lock
+        apply_init(model, teacher, config.distill, run_dir, log)
+        write_config(run_dir, config, status)
+        task = make_task(config.distill, teacher)
+        result = fit(model, task, loaders, config.optim, config.train, run_dir, log)
+        summary = distill_summary(config, model, result, run_dir, teacher_accuracy)
+        summary.update(measure_step(model, loaders, log))  # firing, SOPs, energy (METHODS 3)
+        if ddp.is_main_process():
+            ckpt.write_json(run_dir / ckpt.SUMMARY_FILE, summary)  # last: the run is finished
     return summary
 
 
@@ -272,11 +278,11 @@ def ensure_teacher(config: Config, out: Path, log: Log) -> str:
     """The teacher run folder: ``--teacher``, a finished ``out`` (reused), or trained now."""
     if config.distill.teacher:
         return config.distill.teacher
-    if (out / ckpt.SUMMARY_FILE).is_file():
+    if rundir.run_status(out) == rundir.FINISHED:
         log(f"reusing the finished teacher run {out}")
         return str(out)
     cfg = teacher_config(config, out)
-    resume = (out / ckpt.CONFIG_FILE).is_file()
+    resume = rundir.run_status(out) == rundir.INTERRUPTED
     log(f"training the teacher ANN {cfg.model.name} (width {cfg.model.width}) in {out}")
     train_run(cfg.replace("train", resume=resume), log)
     return str(out)
@@ -300,13 +306,12 @@ def _idsnn_steps(config: Config, log: Log) -> dict[str, Any]:
     out = ddp.on_main(pipeline_dir, config)  # one name (it has a timestamp) for all ranks
     teacher_dir = ensure_teacher(config, out / "teacher", log)
     student_dir = out / "student"
-    resume = config.train.resume or (student_dir / ckpt.CONFIG_FILE).is_file()
+    resume = config.train.resume or rundir.run_status(student_dir) == rundir.INTERRUPTED
     student = config.replace("distill", teacher=teacher_dir)
     student = student.replace("train", out=str(student_dir), resume=resume)
     sections = {s: getattr(student, s) for s in DISTILL_SECTIONS}
     summary = distill_run(Config(**sections), log)
-    teacher_path = Path(teacher_dir) / ckpt.SUMMARY_FILE
-    teacher = ckpt.read_json(teacher_path) if teacher_path.is_file() else {}
+    teacher = ckpt.read_json(Path(teacher_dir) / ckpt.SUMMARY_FILE)  # finished: validated
     result = {"out_dir": str(out), "teacher": teacher, "student": summary}
     if ddp.is_main_process():
         ckpt.write_json(out / IDSNN_SUMMARY, result)

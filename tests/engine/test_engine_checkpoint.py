@@ -9,17 +9,19 @@ import torch
 
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine.checkpoint import load_run, save_weights, unwrap_state_dict
-from spikebridge.errors import ModelError
+from spikebridge.errors import ModelError, RunError
 from spikebridge.models import ModelConfig, build_from_config
 
 
 def make_run(path, model_cfg, weights_cfg=None):
-    """A run folder whose config says ``model_cfg`` and whose weights come from ``weights_cfg``."""
+    """A finished run folder whose config says ``model_cfg`` and whose weights come from
+    ``weights_cfg``."""
     path.mkdir()
     torch.manual_seed(0)
     model = build_from_config(weights_cfg or model_cfg)
     save_weights(model, path / ckpt.BEST_WEIGHTS)
     (path / ckpt.CONFIG_FILE).write_text(json.dumps({"model": model_cfg.to_dict()}))
+    (path / ckpt.SUMMARY_FILE).write_text(json.dumps({"test_accuracy": 0.5}))
     return model
 
 
@@ -86,11 +88,38 @@ def test_atomic_write_leaves_the_old_file_and_no_temporary_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
-def test_rng_states_roundtrip_through_train_state(tmp_path):
-    ckpt.save_train_state(tmp_path / "state.pt", {"rng": ckpt.capture_rng()})
+def test_rng_states_roundtrip_through_the_checkpoint(tmp_path):
+    state = {"format": ckpt.CHECKPOINT_FORMAT, "rng": ckpt.capture_rng()}
+    ckpt.save_checkpoint(tmp_path / "state.pt", state)
     expected = (torch.rand(3), np.random.rand(3), random.random())
     torch.rand(5), np.random.rand(5), random.random()
-    ckpt.restore_rng(ckpt.load_train_state(tmp_path / "state.pt")["rng"])  # weights_only load
+    ckpt.restore_rng(ckpt.load_checkpoint(tmp_path / "state.pt")["rng"])  # weights_only load
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], again[0]) and (expected[1] == again[1]).all()
     assert expected[2] == again[2]
+
+
+def test_a_checkpoint_of_another_format_or_damaged_is_refused(tmp_path):
+    ckpt.save_checkpoint(tmp_path / "old.pt", {"format": 1})
+    with pytest.raises(RunError, match="not a format-2 spikebridge checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "old.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "old.pt").read_bytes()[:40])
+    with pytest.raises(RunError, match="is unreadable"):
+        ckpt.load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_damaged_json_is_one_sentence_with_its_position(tmp_path):
+    (tmp_path / "config.json").write_text('{"model": {"width": 0.5,}}')
+    with pytest.raises(RunError, match=r"not valid JSON \(line 1, column 25: .*\); the file is"):
+        ckpt.read_json(tmp_path / "config.json")
+    (tmp_path / "m.jsonl").write_text('{"epoch": 1}\n{"epoch": \n')
+    with pytest.raises(RunError, match="not valid JSON"):
+        ckpt.read_jsonl(tmp_path / "m.jsonl")
+
+
+def test_a_model_section_with_bad_values_is_a_run_error(tmp_path):
+    make_run(tmp_path / "run", TINY)
+    bad = {"model": {**TINY.to_dict(), "width": "wide"}}
+    (tmp_path / "run" / ckpt.CONFIG_FILE).write_text(json.dumps(bad))
+    with pytest.raises(RunError, match="describes no valid model: config key 'width' is 'wide'"):
+        load_run(tmp_path / "run")

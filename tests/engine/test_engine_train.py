@@ -1,8 +1,12 @@
-"""The training loop: bit-exact resume, extras logging, model selection, run-folder checks."""
+"""The training loop: bit-exact resume, extras logging, model selection, run-folder checks,
+any DataLoader."""
+
+import dataclasses
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader, TensorDataset
 
 from spikebridge.config import TRAIN_SECTIONS, TrainConfig, load_config
 from spikebridge.data import DeviceLoader, load_splits
@@ -56,11 +60,14 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
         interrupt_after(patch, 1)
         with pytest.raises(KeyboardInterrupt):
             train_run(tiny_config(tmp_path / "cut"), log=lambda _: None)
-    state = ckpt.load_train_state(tmp_path / "cut" / ckpt.TRAIN_STATE)
+    state = ckpt.load_checkpoint(tmp_path / "cut" / ckpt.CHECKPOINT)
     assert state["fit"]["epoch"] == 1 and not (tmp_path / "cut" / ckpt.SUMMARY_FILE).exists()
     resumed = train_run(tiny_config(tmp_path / "cut", resume=True), log=lambda _: None)
-    for name in (ckpt.LAST_WEIGHTS, ckpt.BEST_WEIGHTS):
-        assert_same_tensors(tmp_path / "full" / name, tmp_path / "cut" / name)
+    assert_same_tensors(tmp_path / "full" / ckpt.BEST_WEIGHTS, tmp_path / "cut" / ckpt.BEST_WEIGHTS)
+    last = [ckpt.load_checkpoint(tmp_path / run / ckpt.CHECKPOINT) for run in ("full", "cut")]
+    assert last[0]["model"].keys() == last[1]["model"].keys()
+    for key, value in last[0]["model"].items():
+        assert torch.equal(value, last[1]["model"][key]), key
     drop = ("train_time_s", "run_dir")
     assert {k: v for k, v in full.items() if k not in drop} == {
         k: v for k, v in resumed.items() if k not in drop
@@ -78,7 +85,7 @@ def test_resuming_checks_the_config_and_reports_a_finished_run(tmp_path, monkeyp
             train_run(tiny_config(tmp_path / "run", epochs=2), log=lambda _: None)
     with pytest.raises(ConfigError, match="trained with optim.lr=0.1, not 0.2"):
         train_run(tiny_config(tmp_path / "run", epochs=2, lr=0.2, resume=True))
-    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+    with pytest.raises(ConfigError, match="already holds a run, interrupted; pass --resume"):
         train_run(tiny_config(tmp_path / "run", epochs=2))
     train_run(tiny_config(tmp_path / "run", epochs=2, resume=True), log=lambda _: None)
     lines = []
@@ -135,3 +142,41 @@ def test_grad_clip_bounds_the_global_gradient_norm(clip):
 def test_grad_clip_must_be_positive():
     with pytest.raises(ConfigError, match="grad_clip"):
         tiny_config("unused", grad_clip=0.0)
+
+
+def plain_loaders(batch_size=16):
+    """torch DataLoaders over TensorDatasets: no set_epoch, no device handling."""
+    splits = load_splits("synthetic", subset=64, val_size=32)
+    data = lambda x, y: TensorDataset(x.float() / 255, y)  # noqa: E731
+    train = DataLoader(data(splits.train_x, splits.train_y), batch_size, shuffle=True)
+    val = DataLoader(data(splits.val_x, splits.val_y), 64)
+    return Loaders(train, val, DataLoader(data(splits.test_x[:64], splits.test_y[:64]), 64))
+
+
+def test_fit_takes_a_plain_dataloader_and_resumes_it_bit_exactly(tmp_path, monkeypatch):
+    optim, cfg = tiny_config("unused").optim, TrainConfig(epochs=2, progress=False, seed=3)
+
+    def run(out, resume=False):
+        torch.manual_seed(0)
+        model = build("resnet20", num_classes=4, in_channels=1, width=0.25)
+        train = dataclasses.replace(cfg, resume=resume)
+        return fit(model, ClassificationTask(), plain_loaders(), optim, train, out, lambda _: None)
+
+    full = run(tmp_path / "full")
+    assert len(full.history) == 2 and full.test["samples"] == 64
+    assert full.history[-1]["train_loss"] < full.history[0]["train_loss"]  # it trains
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "cut")
+    resumed = run(tmp_path / "cut", resume=True)  # the shuffle order comes from (seed, epoch)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+    assert_same_tensors(tmp_path / "full" / ckpt.BEST_WEIGHTS, tmp_path / "cut" / ckpt.BEST_WEIGHTS)
+
+
+def test_fit_refuses_a_loader_without_len():
+    model = build("resnet20", num_classes=4, in_channels=1, width=0.25)
+    batches = ((torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)) for _ in range(2))
+    with pytest.raises(ConfigError, match="has no len"):
+        fit(model, ClassificationTask(), Loaders(batches, None, None),
+            tiny_config("unused").optim, TrainConfig(epochs=1, progress=False))  # fmt: skip

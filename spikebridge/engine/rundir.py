@@ -1,0 +1,294 @@
+"""Run folders as transactions: who may write one, and whether one is complete.
+
+The files themselves (all written atomically) are described in
+:mod:`spikebridge.engine.checkpoint`. This module keeps a folder consistent across
+processes and failures:
+
+- **One writer.** ``train``, ``distill`` and ``convert`` hold an exclusive ``flock`` on
+  ``RUN/.lock`` for the whole run (:func:`claim_run_dir`); a second process on the same
+  ``--out`` is refused with one sentence (exit 2) instead of both writing mixed files. The
+  kernel drops the lock when its holder dies, even by ``kill -9``, so the ``.lock`` file left
+  behind never blocks a later run. (Without ``fcntl``, e.g. on Windows, there is no lock.)
+- **States.** A folder is ``new`` (absent, or no run file in it), ``unstarted``
+  (``config.json`` but neither ``checkpoint.pt`` nor ``summary.json``: a run that failed or
+  was killed before its first epoch was committed, or a conversion killed before
+  ``summary.json``), ``interrupted`` (``checkpoint.pt``, no ``summary.json``), ``finished``
+  (``summary.json``) or ``old-layout`` (the previous layout's ``train_state.pt`` without
+  ``checkpoint.pt`` or ``summary.json``) -- see :func:`run_status`.
+- **Failed runs.** Our choice: an ``interrupted`` run continues with ``--resume`` (bit-exact,
+  from its last committed epoch); an ``unstarted`` folder is simply started again by the
+  same command (the previous attempt's files are removed first), so a run that failed
+  before its first checkpoint never blocks its rerun, even with changed options; a
+  ``finished`` run is never overwritten. Folders of the previous layout: finished ones stay
+  readable by every reader; unfinished ones are refused with a sentence (their two resume
+  files may be an epoch apart, the bug this layout removes).
+- **Readers** (eval, report, export, compare, analyze, ``convert --ann``,
+  ``distill --teacher``, the demo) accept only complete folders: :func:`validate_run_dir`
+  names, in one sentence, what is missing or damaged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from spikebridge.engine.checkpoint import (
+    BEST_WEIGHTS,
+    CHECKPOINT,
+    CONFIG_FILE,
+    LAST_WEIGHTS,
+    LOCK_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    TMP_SUFFIX,
+    TRAIN_STATE,
+    read_json,
+)
+from spikebridge.errors import ConfigError, RunError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None  # type: ignore[assignment]
+
+NEW, UNSTARTED, INTERRUPTED, FINISHED, OLD_LAYOUT = (
+    "new", "unstarted", "interrupted", "finished", "old-layout",
+)  # fmt: skip
+# What a reader needs: "run" = a finished run with weights; "ann" = the same, not spiking
+# (convert's input); "results" = a finished folder's summary (report; weights not needed).
+RUN_KINDS = ("run", "ann", "results")
+# Files of a previous attempt, removed before an unstarted folder is started again.
+ATTEMPT_FILES = (CONFIG_FILE, METRICS_FILE, BEST_WEIGHTS, LAST_WEIGHTS)
+
+
+def run_status(run_dir: str | Path) -> str:
+    """The state of a run folder (module docstring): new, unstarted, interrupted, finished
+    or old-layout."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return NEW
+    for name, status in (
+        (SUMMARY_FILE, FINISHED), (CHECKPOINT, INTERRUPTED), (TRAIN_STATE, OLD_LAYOUT),
+        (CONFIG_FILE, UNSTARTED),
+    ):  # fmt: skip
+        if (run_dir / name).is_file():
+            return status
+    return NEW
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """``RUN/config.json`` as a dict of sections; RunError when it is damaged."""
+    path = Path(run_dir) / CONFIG_FILE
+    config = read_json(path)
+    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
+        raise RunError(
+            f"{str(path)!r} does not hold a run configuration (a JSON object of sections); "
+            "the file is damaged."
+        )
+    return config
+
+
+def validate_run_dir(run_dir: str | Path, kind: str = "run") -> dict[str, Any]:
+    """Check that ``run_dir`` is a complete run folder; return its config (``{}`` when a
+    ``results`` folder has none).
+
+    ``kind``: ``run`` (config.json, summary.json and model.safetensors), ``ann`` (the same,
+    and the model is not spiking) or ``results`` (summary.json; config.json if present must
+    be readable). RunError names, in one sentence, what is missing or damaged; a folder
+    without ``summary.json`` did not finish, whatever else it holds.
+    """
+    if kind not in RUN_KINDS:
+        raise ConfigError(f"run folder kind {kind!r} is unknown; expected one of {RUN_KINDS}.")
+    run_dir = Path(run_dir)
+    name = repr(str(run_dir))
+    if not run_dir.exists():
+        raise RunError(f"run folder {name} does not exist.")
+    if not run_dir.is_dir():
+        raise RunError(f"run folder {name} is a file, not a folder.")
+    has_config = (run_dir / CONFIG_FILE).is_file()
+    if not has_config and kind != "results":
+        raise RunError(f"run folder {name} has no {CONFIG_FILE}; is it a spikebridge run folder?")
+    config = read_run_config(run_dir) if has_config else {}
+    if not (run_dir / SUMMARY_FILE).is_file():
+        raise RunError(unfinished_reason(run_dir, config))
+    if not isinstance(read_json(run_dir / SUMMARY_FILE), dict):
+        raise RunError(f"{str(run_dir / SUMMARY_FILE)!r} does not hold a JSON object; the file "
+                       "is damaged.")  # fmt: skip
+    if kind != "results" and not (run_dir / BEST_WEIGHTS).is_file():
+        raise RunError(f"run folder {name} has no {BEST_WEIGHTS}; its weights were deleted.")
+    if kind == "ann" and (config.get("model", {}).get("neuron") or "conversion" in config):
+        raise RunError(
+            f"run folder {name} holds a spiking network; expected an ANN run (spikebridge "
+            "train without --neuron)."
+        )
+    return config
+
+
+def unfinished_reason(run_dir: Path, config: dict[str, Any]) -> str:
+    """The sentence for a folder without ``summary.json``: running, interrupted or failed."""
+    name = repr(str(run_dir))
+    pid = lock_holder(run_dir)
+    if pid is not None:
+        return f"run folder {name} has no {SUMMARY_FILE} yet: process {pid} is still writing it."
+    if "conversion" in config:
+        return (
+            f"run folder {name} has no {SUMMARY_FILE}: its conversion did not finish (run "
+            "spikebridge convert again with the same --out)."
+        )
+    if run_status(run_dir) == INTERRUPTED:
+        return (
+            f"run folder {name} has no {SUMMARY_FILE}: its training stopped before the end "
+            f"(continue it with --resume --out {run_dir})."
+        )
+    return (
+        f"run folder {name} has no {SUMMARY_FILE}: its run did not finish (it failed or was "
+        "killed before the end)."
+    )
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+def lock_holder(run_dir: str | Path) -> int | None:
+    """The process id holding ``RUN/.lock`` (-1 when unknown), None when nobody holds it."""
+    path = Path(run_dir) / LOCK_FILE
+    if fcntl is None or not path.is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _stored_pid(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _stored_pid(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip() or -1)
+    except (OSError, ValueError):
+        return -1
+
+
+def check_out_path(run_dir: str | Path) -> Path:
+    """ConfigError when ``--out`` names an existing file (a run folder must be a folder)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {str(run_dir)!r} is a file; give a folder path for the run.")
+    return run_dir
+
+
+@contextmanager
+def locked(run_dir: str | Path) -> Iterator[Path]:
+    """Create ``run_dir`` and hold an exclusive lock on it for the block; RunError when
+    another process holds it (the message names its pid)."""
+    run_dir = check_out_path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RunError(f"cannot create run folder {str(run_dir)!r} ({exc.strerror}).") from None
+    try:
+        _lock(fd, run_dir)
+        yield run_dir
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _lock(fd: int, run_dir: Path) -> None:
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _stored_pid(fd)
+        who = f" (pid {pid})" if pid > 0 else ""
+        raise RunError(
+            f"run folder {str(run_dir)!r} is in use by another spikebridge process{who}; wait "
+            "for it to finish or choose another --out."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+# ----------------------------------------------------------------------------- claiming
+
+
+@contextmanager
+def claim_run_dir(
+    run_dir: str | Path, resume: bool, resumable: bool = True, leftovers: Iterable[str] = ()
+) -> Iterator[str]:
+    """Lock ``run_dir`` for writing and yield its state (new, interrupted or finished); the
+    lock is held until the block ends.
+
+    Refused (:func:`check_claimable`): a finished run unless ``resume`` (the caller then
+    returns its summary), an interrupted one unless ``resume``, any existing run when the
+    writer has no ``--resume`` (``resumable=False``, e.g. ``convert``), an old-layout
+    unfinished run. An unstarted folder first loses the previous attempt's files
+    (``ATTEMPT_FILES`` and ``leftovers``, names of files or folders) and counts as new;
+    stale temporary files (a write cut by a kill) are removed. When the block fails before
+    an epoch was committed, the attempt's files are removed again, and the folder too when
+    this call created it and nothing else is left: a failed run leaves nothing to block or
+    mislead its rerun. (A ``kill -9`` skips this; the next claim cleans up instead.)
+    """
+    attempt = (*ATTEMPT_FILES, *leftovers)
+    created = not Path(run_dir).exists()
+    with locked(run_dir) as path:
+        status = run_status(path)
+        check_claimable(path, status, resume, resumable)
+        for tmp in path.glob(f".*{TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+        if status == UNSTARTED:
+            _remove(path, attempt)
+            status = NEW
+        try:
+            yield status
+        except BaseException:
+            if run_status(path) in (NEW, UNSTARTED):
+                _remove(path, attempt)
+                if created and {p.name for p in path.iterdir()} <= {LOCK_FILE}:
+                    _remove(path, (LOCK_FILE,))
+                    path.rmdir()
+            raise
+
+
+def check_claimable(run_dir: Path, status: str, resume: bool, resumable: bool = True) -> None:
+    """ConfigError when a writer may not take a folder in ``status`` (see
+    :func:`claim_run_dir`); also used before the lock, to refuse before loading data."""
+    name = repr(str(run_dir))
+    if status == OLD_LAYOUT:
+        raise ConfigError(
+            f"run folder {name} holds an unfinished run of an older spikebridge ({TRAIN_STATE}), "
+            "which cannot be resumed safely; start it again with another --out."
+        )
+    if status in (FINISHED, INTERRUPTED) and not resumable:
+        raise ConfigError(f"run folder {name} already holds a run; choose another --out.")
+    if status == FINISHED and not resume:
+        raise ConfigError(f"run folder {name} already holds a finished run; choose another --out.")
+    if status == INTERRUPTED and not resume:
+        raise ConfigError(
+            f"run folder {name} already holds a run, interrupted; pass --resume to continue it "
+            "or choose another --out."
+        )
+
+
+def _remove(run_dir: Path, names: Iterable[str]) -> None:
+    for name in names:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
