@@ -144,6 +144,12 @@ def test_a_second_writer_is_refused_while_the_folder_is_locked(tmp_path, capsys)
     validate_run_dir(run)
 
 
+def test_a_reader_of_a_folder_being_written_names_the_writer(reference, tmp_path):
+    cut = copy_run(reference, tmp_path / "cut", drop=(ckpt.SUMMARY_FILE,))
+    with rundir.locked(cut), pytest.raises(RunError, match=f"process {os.getpid()} is still"):
+        validate_run_dir(cut)
+
+
 def test_a_lock_held_by_a_killed_process_is_released(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
