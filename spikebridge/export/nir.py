@@ -294,6 +294,10 @@ class _GraphBuilder:
         )  # fmt: skip
         out = self.add(name, node, current, shape)
         reset = self.channel_scale(f"{name}.reset", -1.0 / (1.0 - phi), out)
+        if len(shape) == 1:
+            # snnTorch's importer turns a two-node loop neuron <-> Affine into its own
+            # recurrent layer and fails on it; an identity node in the loop avoids that
+            reset = self.channel_scale(f"{name}.reset.hold", np.ones(shape[0]), reset)
         self.edges.append((reset.sources[0], name))  # recurrent: reaches the neuron at t + 1
         return out
 

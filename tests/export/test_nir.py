@@ -12,7 +12,7 @@ from torch import nn
 
 from spikebridge.errors import ConfigError, ModelError
 from spikebridge.models import ActivationSpec, ResNet, build
-from spikebridge.nn import LIF, Clip, SpikingSite, fold
+from spikebridge.nn import IF, LIF, Clip, SpikingSite, fold
 
 nir = pytest.importorskip("nir")
 from spikebridge.export.nir import export_nir, import_nir  # noqa: E402
@@ -363,6 +363,32 @@ def test_sequential_chain_exports_and_matches() -> None:
     images = torch.randn(2, 1, 8, 8) * 2
     with torch.no_grad():
         ours = model(fold(images.unsqueeze(0).expand(T, *images.shape))).view(T, 2, 5)
+    torch.testing.assert_close(_simulate(graph, images, T), ours.double(), rtol=1e-4, atol=1e-4)
+
+
+def if_chain_with_vector_sites() -> nn.Sequential:
+    """IF sites on feature maps and on a vector (after Linear), per-channel θ on the vector."""
+    torch.manual_seed(0)
+    chain = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), SpikingSite(IF(), T), nn.AvgPool2d(2), nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 12), SpikingSite(IF(), T), nn.Linear(12, 5),
+    )  # fmt: skip
+    chain[5].neuron.threshold = 0.2 + torch.rand(12)
+    return chain.eval()
+
+
+def test_vector_if_sites_export_and_match() -> None:
+    model = if_chain_with_vector_sites()
+    graph = export_nir(model, None, input_shape=(3, 8, 8))
+    # the vector site's reset loop has three nodes (snnTorch rewrites two-node loops)
+    assert {("5", "5.reset"), ("5.reset", "5.reset.hold"), ("5.reset.hold", "5")} <= set(
+        graph.edges
+    )
+    assert ("1.reset", "1") in graph.edges  # feature maps: a two-node loop
+    images = torch.rand(3, 3, 8, 8) * 2
+    with torch.no_grad():
+        ours = model(fold(images.unsqueeze(0).expand(T, *images.shape))).view(T, 3, 5)
+    assert ours.std(dim=1).max() > 1e-3
     torch.testing.assert_close(_simulate(graph, images, T), ours.double(), rtol=1e-4, atol=1e-4)
 
 

@@ -24,8 +24,12 @@ import torch.nn.functional as F
 from spikebridge.data.synthetic import make_synthetic
 from spikebridge.methods.convert import convert
 from spikebridge.models import build
+from spikebridge.nn import fold
 
 pytest.importorskip("nir")
+from test_nir import T as CHAIN_T  # noqa: E402
+from test_nir import if_chain_with_vector_sites  # noqa: E402
+
 from spikebridge.export.nir import export_nir  # noqa: E402
 
 pytestmark = pytest.mark.peer
@@ -38,11 +42,15 @@ T, CLASSES, SIZE, N_TEST = 4, 10, 16, 300
 MIN_AGREEMENT = 0.99
 
 
+@pytest.fixture(scope="module", autouse=True)
+def peer_environment() -> None:
+    if not PEER_PYTHON.is_file():
+        pytest.skip(f"no peer environment at {PEER_PYTHON}")
+
+
 @pytest.fixture(scope="module")
 def data() -> dict[str, torch.Tensor]:
     """Generated 3-channel images as raw pixels in [0, 1] and their dataset mean/std."""
-    if not PEER_PYTHON.is_file():
-        pytest.skip(f"no peer environment at {PEER_PYTHON}")
     train_x, train_y, test_x, _ = make_synthetic(
         num_train=1024, num_test=N_TEST, num_classes=CLASSES, in_channels=3, image_size=SIZE
     )
@@ -106,3 +114,18 @@ def test_converted_resnet_predicts_the_same_in_both_peers(
         )
         assert agree >= MIN_AGREEMENT, lines[-1]
     print("\n" + "\n".join(lines))
+
+
+def test_vector_if_sites_and_flatten_run_in_both_peers(tmp_path: Path) -> None:
+    """IF sites after a Linear (their reset loop has three nodes) and a Flatten."""
+    model = if_chain_with_vector_sites()
+    images = torch.rand(40, 3, 8, 8) * 2
+    with torch.no_grad():
+        steps = model(fold(images.unsqueeze(0).expand(CHAIN_T, *images.shape)))
+    ours = steps.view(CHAIN_T, len(images), -1).mean(0).numpy()
+    path = tmp_path / "chain.nir"
+    export_nir(model, path, (3, 8, 8))
+    theirs = _peer_logits(path, images, tmp_path)
+    for peer in PEERS:
+        assert f"{peer}_error" not in theirs, f"{peer}: {theirs.get(f'{peer}_error')}"
+        np.testing.assert_allclose(theirs[peer], ours, atol=1e-5, err_msg=peer)
