@@ -34,20 +34,23 @@ and run with our predictions. Their importers (read in their sources) take only
 Affine/Linear/Conv2d/AvgPool2d/Flatten/IF/LIF/CubaLIF, one threshold per node, hard reset
 (snnTorch's ``nir.IF`` is a leaky ``Leaky(beta=0.9)`` that asserts ``R == 1``), no initial
 potential, no ``nir.Scale``, and SpikingJelly no grouped convolution. So:
-- a per-channel factor (``o·θ``, ``1/θ``) is a 1x1 ``nir.Conv2d`` with a diagonal weight;
+- a per-channel factor (``o·θ``, ``1/θ``) is a 1x1 ``nir.Conv2d`` with a diagonal weight
+  (a diagonal ``nir.Affine`` on vectors);
 - an IF neuron with reset by subtraction becomes an exact integrator form (see
   ``_GraphBuilder._integrator``): node ``.gain`` (input × ``1/(θ(1 − φ))``), a ``nir.CubaLIF``
   whose synaptic current integrates without decay and whose membrane follows it, with
   threshold 1, and a recurrent node ``.reset`` (last step's spikes × ``−1/(1 − φ)``).
-  Subtract reset, ``v_0 = φθ`` and per-channel θ and φ are then plain weights;
+  Subtract reset, ``v_0 = φθ`` and per-channel θ and φ are then plain weights (on
+  vectors the loop holds an identity node ``.reset.hold``: snnTorch rewrites two-node
+  neuron <-> Affine loops into its own recurrent layer and fails on them);
 - a LIF with hard reset and ``v_0 = 0`` is a ``nir.LIF`` (``τ = dt/(1 − decay)``,
   ``R = τ/dt``, so Euler gives ``v_t = decay·v_{t-1} + x_t``); per-channel θ goes into
   a ``.gain`` node as ``1/θ``;
 - other neurons (hard reset with ``v_0 ≠ 0``, leaky subtract reset), grouped convs and
   ``dt ≠ 1e-4`` are refused with the reason; use ``compact``.
 - Non-strict thresholds (our IF fires on ``>=``) are exported one float32 below, exact under
-  NIR's ``>``; SpikingJelly fires on ``>=``, so ties at that float differ (measure zero).
-Peers on a converted resnet20 (``tests/export/test_peer_nir.py``): see that file.
+  NIR's ``>`` (snnTorch); SpikingJelly fires on ``>=``, so a potential equal to that float
+  differs. Both peers' predictions on converted ResNets: ``tests/export/test_peer_nir.py``.
 snnTorch's importer maps ``nir.Flatten(start_dim=0)`` to ``nn.Flatten(0, -1)``, which
 merges a batch: run its import one image at a time.
 
