@@ -192,6 +192,11 @@ class _GraphBuilder:
         x = self.add("input", self.nir.Input(input_type=np.array(shape)), None, shape)
         if normalization is None:
             return x
+        sizes = [torch.as_tensor(v).numel() for v in normalization]
+        if len(sizes) != 2 or any(n not in (1, shape[0]) for n in sizes):
+            raise ConfigError(
+                f"input normalization needs (mean, std) with 1 or {shape[0]} values each"
+            )
         mean, std = (_per_channel(torch.as_tensor(v), shape[0]) for v in normalization)
         if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
             raise ConfigError(

@@ -263,6 +263,8 @@ def test_input_normalization_is_the_first_node() -> None:
     np.testing.assert_allclose(gray.nodes["normalize"].bias, [-2.0] * 3)
     with pytest.raises(ConfigError, match="stds > 0"):
         export_nir(model, None, (3, 16, 16), normalization=((0.5,), (0.0,)))
+    with pytest.raises(ConfigError, match="with 1 or 3 values each"):
+        export_nir(model, None, (3, 16, 16), normalization=((0.5, 0.5), (0.2, 0.2)))
 
 
 def test_portable_target_refuses_what_the_peers_cannot_run() -> None:
