@@ -1,7 +1,8 @@
 """Export spiking models to the Neuromorphic Intermediate Representation (NIR).
 
-``export_nir`` writes a :class:`ResNet` (trained LIF or converted IF) or an
-``nn.Sequential`` chain as a ``nir.NIRGraph``. Needs the optional ``nir`` package
+``export_nir`` writes a :class:`ResNet` (trained LIF or converted IF), an
+``nn.Sequential`` chain or a ``torch.fx`` graph (a converted user CNN, see
+:mod:`spikebridge.export.nir_graph`) as a ``nir.NIRGraph``. Needs the optional ``nir`` package
 (``pip install 'spikebridge[nir]'``); nothing else (no snnTorch, no nirtorch).
 
 What maps to what (both targets)
@@ -72,7 +73,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
 from spikebridge.errors import ConfigError, ModelError
 from spikebridge.nn.neurons import SpikingNeuron
@@ -498,9 +499,11 @@ def export_nir(
     """Export a spiking ResNet or ``nn.Sequential`` to a ``nir.NIRGraph`` (and write it).
 
     Args:
-        model: a spiking :class:`~spikebridge.models.ResNet` (LIF or IF sites) or an
+        model: a spiking :class:`~spikebridge.models.ResNet` (LIF or IF sites), an
             ``nn.Sequential`` of Conv2d(+BatchNorm2d) / SpikingSite / avg-pool / Flatten /
-            Linear. BatchNorm is folded with its running statistics.
+            Linear, or a ``torch.fx.GraphModule`` such as a converted user CNN
+            (:mod:`spikebridge.export.nir_graph`). BatchNorm is folded with its running
+            statistics.
         path: HDF5 file to write (atomically), or ``None`` to only build the graph.
         input_shape: one image ``(C, H, W)``; the batch and time dimensions are implicit.
         dt: time step the ODE parameters assume (stored in the graph metadata); the
@@ -532,8 +535,14 @@ def export_nir(
         x = _resnet(b, model, x)
     elif isinstance(model, nn.Sequential):
         x = _sequential(b, "", model, x)
+    elif isinstance(model, fx.GraphModule):  # a converted user CNN (SpikingGraph)
+        from spikebridge.export.nir_graph import fx_graph
+
+        x = fx_graph(b, model, x)
     else:
-        raise _refuse("model", model, "a spikebridge ResNet or an nn.Sequential")
+        raise _refuse(
+            "model", model, "a spikebridge ResNet, an nn.Sequential or a torch.fx GraphModule"
+        )
     b.output(x)
     graph = b.graph(_graph_metadata(dt, timesteps, target, normalization))
     if path is not None:

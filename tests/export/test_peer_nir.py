@@ -3,7 +3,7 @@
 Peer test (``-m peer``): needs the peer environment (``bash /work/shared/tools/peer-env.sh
 .peer-venv``, or ``SPIKEBRIDGE_PEER_PYTHON`` naming its python). We train a small clip ANN
 on generated images, convert it (``robust``: one θ per site; ``ttrbr``: per-channel θ and
-bias shifts), export it with the dataset's mean/std (portable target), and run the file in
+bias shifts; and a user CNN with a custom forward, converted through torch.fx), export it with the dataset's mean/std (portable target), and run the file in
 the peer environment with ``peer_nir_run.py``, which imports only the peers: raw ``[0, 1]``
 pixels in, the graph's own ``normalize`` node, the image held for ``T`` steps, logits
 averaged over ``T``. Their predictions must match ours on 300 images (>= 99 %, float
@@ -14,7 +14,7 @@ Measured 2026-12-06 (SpikingJelly 2.0.0, snnTorch 1.0.0, nir 1.0.8, nirtorch 2.6
 the same script at T = 8 (7.2e-7) and T = 16 (snnTorch 9.5e-7; SpikingJelly 100 % of
 predictions, one image of 300 with a few flipped spikes, max |Δlogit| 0.05: it runs
 batches of 64, whose convolutions round differently; run one image at a time it matches
-to 7.2e-7, as snnTorch does).
+to 7.2e-7, as snnTorch does). The converted user CNN: 100 % for both (1.9e-6).
 """
 
 from __future__ import annotations
@@ -75,6 +75,32 @@ def ann(data: dict[str, torch.Tensor]) -> torch.nn.Module:
     """A clip ResNet-20 (width 0.25) trained for 3 short epochs (about 3 s on one core)."""
     torch.manual_seed(0)
     model = build("resnet20", width=0.25, activation="clip", num_classes=CLASSES, in_channels=3)
+    return _trained(model, data)
+
+
+class UserCNN(torch.nn.Module):
+    """A user's CNN with a custom forward (residual add, functional ReLU and pooling,
+    ``x.view(x.size(0), -1)``); no max pooling, which NIR cannot express."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        conv = lambda i, o, s=1: torch.nn.Conv2d(i, o, 3, stride=s, padding=1)  # noqa: E731
+        self.stem, self.bn0 = conv(3, width), torch.nn.BatchNorm2d(width)
+        self.conv1, self.bn1 = conv(width, width), torch.nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = conv(width, width), torch.nn.BatchNorm2d(width)
+        self.head, self.fc = conv(width, 2 * width, 2), torch.nn.Linear(2 * width, CLASSES)
+        self.relu, self.pool = torch.nn.ReLU(), torch.nn.AvgPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu(self.bn0(self.stem(x))))
+        y = F.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(y)) + x)
+        x = F.adaptive_avg_pool2d(torch.relu(self.head(x)), 1)
+        return self.fc(x.view(x.size(0), -1))
+
+
+def _trained(model: torch.nn.Module, data: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """3 short epochs of AdamW on the generated images (a few seconds on one core)."""
     opt = torch.optim.AdamW(model.parameters(), 3e-3)
     x, y = _normalize(data["train"], data), data["labels"]
     model.train()
@@ -105,6 +131,24 @@ def test_converted_resnet_predicts_the_same_in_both_peers(
     thresholds = [m.neuron.threshold for m in snn.modules() if hasattr(m, "neuron")]
     if method == "ttrbr":  # the features the portable form must carry
         assert all(th.dim() == 1 and th.numel() > 1 for th in thresholds)
+    _check_peers(snn, method, data, tmp_path)
+
+
+def test_converted_user_cnn_predicts_the_same_in_both_peers(
+    data: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    pytest.importorskip("spikebridge.methods.graph", reason="user CNN conversion not here")
+    torch.manual_seed(0)
+    ann = _trained(UserCNN(), data)
+    snn = convert(ann, "robust", _normalize(data["train"][:256], data), T)
+    assert isinstance(snn, torch.fx.GraphModule)
+    _check_peers(snn, "user-cnn robust", data, tmp_path)
+
+
+def _check_peers(
+    snn: torch.nn.Module, label: str, data: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    """Our predictions vs both peers' on the test images (raw pixels into the file)."""
     with torch.no_grad():
         ours = snn(_normalize(data["test"], data)).numpy()
     assert len(set(ours.argmax(1).tolist())) >= 5  # a real classifier, not one class
@@ -117,7 +161,7 @@ def test_converted_resnet_predicts_the_same_in_both_peers(
         agree = float((theirs[peer].argmax(1) == ours.argmax(1)).mean())
         diff = float(np.abs(theirs[peer] - ours).max())
         lines.append(
-            f"{method} T={T} {peer}: agreement {agree:.4f} on {N_TEST}, max|dlogit| {diff:.2e}"
+            f"{label} T={T} {peer}: agreement {agree:.4f} on {N_TEST}, max|dlogit| {diff:.2e}"
         )
         assert agree >= MIN_AGREEMENT, lines[-1]
     print("\n" + "\n".join(lines))
