@@ -1,7 +1,7 @@
 """Output-calibration settings compared on an ANN run's VALIDATION split (never the test file).
 
-How the calibration default (epochs, rate schedule, image count; docs/RESULTS.md, "Calibration
-schedule") was chosen: the per-site search of ttrbr runs once at T, then each variant
+How the calibration default (epochs, rate schedule, image count; docs/notes/results-history.md,
+"Calibration schedule") was chosen: the per-site search of ttrbr runs once at T, then each variant
 calibrates its own copy of that model, and every copy is scored on the run's validation
 images (held out of the ANN's training). Prints accuracy per variant and the paired
 difference to the first one (exact McNemar p); ``--json`` writes per-image correctness.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The goal check of docs/RESULTS.md ("Output calibration") for one trained QCFS ANN run: ttrbr
+# The goal check of docs/notes/results-history.md ("Output calibration") for one trained QCFS ANN run: ttrbr
 # (the default, output calibration included) tuned at T = 4 (cells t <= 4) and at T = 8 (cells
 # t = 5..8), robust-norm, all scored paired against untuned qcfs, robust and the ANN on every
 # image of the test file.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The resnet110 goal check of docs/RESULTS.md ("resnet110 on the whole 10,000-image test file"):
+# The resnet110 goal check of docs/notes/results-history.md ("resnet110 on the whole 10,000-image test file"):
 # the pre-add QCFS resnet110 ANN of the cpu profile, converted with untuned qcfs, robust and ttrbr tuned
 # at every deployment T (t <= 4 from the conversion tuned at 4, t = 5..8 each from its own),
 # all scored paired on every image of Fashion-MNIST's 10,000-image test file.

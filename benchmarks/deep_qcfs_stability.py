@@ -10,7 +10,7 @@ gradient norm (before clipping) every 25 steps. Switches turn the guards on or o
 - ``--raw-lambda-grad``: undo the LSQ gradient scale and the floor of λ
   (``spikebridge.nn.activations.effective_lambda``), i.e. plain QCFS as published.
 
-Run by hand, one torch thread (docs/RESULTS.md, "Conversion"):
+Run by hand, one torch thread (docs/notes/results-history.md, "Conversion"):
 
     python benchmarks/deep_qcfs_stability.py --block post-add --raw-lambda-grad
     python benchmarks/deep_qcfs_stability.py --block pre-add --zero-init-residual

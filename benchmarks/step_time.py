@@ -1,6 +1,7 @@
 """Step time and peak memory of spikebridge's spiking layers, next to ReLU and SpikingJelly.
 
-Two measurements (docs/RESULTS.md holds the recorded tables and the exact commands):
+Two measurements (docs/RESULTS.md holds the headline tables, docs/notes/results-history.md
+all of them, with the exact commands):
 
 (a) ``neuron``: one spiking layer forward + backward on ``x[T, B, C, H, W]`` against
     ``torch.relu`` forward + backward on the same tensor; variants: our fused neuron with
