@@ -15,6 +15,13 @@ the converted IF (METHODS 2.1) is ``decay=1, subtract, non-strict, φ=0.5`` and 
 - ``fused``: one autograd node whose forward and hand-written BPTT backward each run the
   whole time loop, compiled with ``torch.compile`` into a single kernel on CPU and GPU
   (set ``SPIKEBRIDGE_COMPILE=0`` to run the same kernels eagerly). Only ``h`` is saved.
+
+There is no single-step mode. A tensor without the time dimension (e.g. one step
+``[B, C, H, W]``) would be read as ``B`` time-steps of ``C`` samples and mix samples into
+one membrane, so a neuron refuses it when it can tell (:meth:`SpikingNeuron.check_steps`):
+when it was given ``timesteps`` (converted user networks set it) the first dimension must
+equal T, and per-channel thresholds ``[C]`` need ``C`` channels in dimension 2. The checks
+compare integers before the kernel runs; the kernels are unchanged.
 """
 
 from __future__ import annotations
@@ -152,6 +159,8 @@ class SpikingNeuron(nn.Module):
         detach_reset: stop the gradient through the reset gate (METHODS 1.1).
         emit_threshold: output ``o·θ`` instead of ``o`` (converted networks, METHODS 2.1).
         backend: ``fused`` (default) or ``loop`` (reference).
+        timesteps: the T every input must carry in dimension 0 (None: any T, unchecked);
+            a wrong first dimension raises :class:`ConfigError` instead of being read as time.
     """
 
     def __init__(
@@ -166,6 +175,7 @@ class SpikingNeuron(nn.Module):
         detach_reset: bool = True,
         emit_threshold: bool = False,
         backend: str = "fused",
+        timesteps: int | None = None,
     ) -> None:
         super().__init__()
         if reset not in RESETS:
@@ -178,6 +188,23 @@ class SpikingNeuron(nn.Module):
         self.surrogate = check_surrogate(surrogate)
         self.alpha = float(DEFAULT_ALPHA[surrogate] if alpha is None else alpha)
         self.detach_reset, self.emit_threshold, self.backend = detach_reset, emit_threshold, backend
+        if timesteps is not None and int(timesteps) < 1:
+            raise ConfigError(f"timesteps must be >= 1, got {timesteps}")
+        self.timesteps = None if timesteps is None else int(timesteps)
+
+    def check_steps(self, x: torch.Tensor) -> None:
+        """Refuse an input that lacks the time dimension (module docstring): ConfigError."""
+        channels = self.threshold.numel() if self.threshold.dim() else None
+        wrong_t = self.timesteps is not None and (x.dim() < 2 or x.shape[0] != self.timesteps)
+        wrong_c = channels is not None and (x.dim() < 3 or x.shape[2] != channels)
+        if x.dim() < 2 or wrong_t or wrong_c:
+            expected = f"T={self.timesteps}" if self.timesteps is not None else "T"
+            where = f" with {channels} channels in dim 2" if wrong_c else ""
+            raise ConfigError(
+                f"a multi-step neuron needs input [{expected}, B, ...]{where}, got shape "
+                f"{tuple(x.shape)}; it has no single-step mode: add the time dimension "
+                "(x.unsqueeze(0).expand(T, *x.shape)) or use it inside a SpikingSite"
+            )
 
     def _broadcast(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Shape a scalar or per-channel ``[C]`` parameter for one step ``x[t]`` of ``[B, C, ...]``."""
@@ -185,6 +212,7 @@ class SpikingNeuron(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Simulate ``x[T, B, ...]`` (input currents) and return spikes ``[T, B, ...]``."""
+        self.check_steps(x)
         theta = self._broadcast(self.threshold, x)
         v0 = self._broadcast(self.phi, x) * theta
         hard = self.reset == "hard"
@@ -222,9 +250,10 @@ class SpikingNeuron(nn.Module):
 
     def extra_repr(self) -> str:
         th = self.threshold.item() if self.threshold.dim() == 0 else f"[{self.threshold.numel()}]"
+        steps = "" if self.timesteps is None else f", timesteps={self.timesteps}"
         return (
             f"threshold={th}, decay={self.decay}, reset={self.reset}, strict={self.strict}, "
-            f"surrogate={self.surrogate}({self.alpha}), backend={self.backend}"
+            f"surrogate={self.surrogate}({self.alpha}), backend={self.backend}{steps}"
         )
 
 
