@@ -1,6 +1,14 @@
 """ANN -> SNN conversion with IF neurons (METHODS 2.1-2.2, 2.4-2.6).
 
-:func:`convert` builds a NEW spiking twin of a :class:`~spikebridge.models.ResNet` ANN (the
+:func:`convert` takes a spikebridge :class:`~spikebridge.models.ResNet` ANN or any user CNN
+that ``torch.fx`` can trace (``nn.Sequential`` or a custom ``forward`` of conv, BN, ReLU,
+average / max pooling, linear, ``+`` and flatten; :mod:`~spikebridge.methods.graph`). Every
+method below works on both; the user model's twin is a
+:class:`~spikebridge.methods.graph.SpikingGraph` with the layout described here (max
+pooling: rate-gated, see the graph module), and a node that has no IF counterpart is
+refused by name before anything is built.
+
+For a ResNet, :func:`convert` builds a NEW spiking twin (the
 ANN is not modified): the same architecture and block structure, built with
 ``neuron="if"``, every BatchNorm folded into the convolution before it, and every
 activation site replaced by an IF neuron (reset by subtraction, ``v_0 = φθ``, emits
@@ -35,7 +43,14 @@ Saving and reloading a converted model: BN is folded away, so the model is NOT w
 ``build_from_config(snn.config)`` makes (that one has BN layers and bias-free convs).
 Save ``snn.state_dict()`` with ``snn.config``; rebuild with :func:`build_converted` (same
 config, BN -> ``nn.Identity``, convs with a bias), then ``load_state_dict``. Thresholds and
-φ are neuron buffers, so they are in the state dict (scalar or per-channel).
+φ are neuron buffers, so they are in the state dict (scalar or per-channel). A converted
+user model is rebuilt with :func:`~spikebridge.methods.graph.build_spiking_graph` from a
+fresh instance of the ANN class, then ``load_state_dict``.
+
+For a user model the statistics, tuning and calibration run against its
+:func:`~spikebridge.methods.graph.site_graph` (the traced ANN with one module per activation
+site, so that sites pair by name); the per-block guard and ``compensate_stream`` of
+threshold tuning follow ResNet blocks and do not apply there.
 """
 
 from __future__ import annotations
@@ -57,6 +72,14 @@ from spikebridge.methods.error_analysis import (
     eval_mode,
     model_device,
     snn_sites,
+)
+from spikebridge.methods.graph import (
+    SpikingGraph,
+    conv_with_bias,
+    fold_graph_batchnorm,
+    folded_conv,
+    site_graph,
+    spiking_from_sites,
 )
 from spikebridge.methods.output_calibration import (
     DEFAULT_EPOCHS,
@@ -109,13 +132,19 @@ def _unsupported_hint(module: nn.Module) -> str:
     )
 
 
-def check_convertible(ann: nn.Module) -> ModelConfig:
-    """Refuse what conversion cannot handle; return the ANN's :class:`ModelConfig`.
+def check_convertible(ann: nn.Module) -> ModelConfig | None:
+    """Refuse what conversion cannot handle; return a ResNet's :class:`ModelConfig` (None for
+    a user model).
 
-    Raises :class:`ModelError` for a model that is not a spikebridge ResNet ANN or holds
-    a module that has no IF counterpart (e.g. ``nn.MaxPool2d``).
+    Raises :class:`ModelError` for a spikebridge ResNet that is spiking or holds a module
+    with no IF counterpart in its block structure (e.g. ``nn.MaxPool2d``), and for a user
+    model that torch.fx cannot trace or whose graph has a node with no IF counterpart (the
+    error names the node and its op; :func:`~spikebridge.methods.graph.check_graph`).
     """
-    if not isinstance(ann, ResNet) or not isinstance(getattr(ann, "config", None), ModelConfig):
+    if not isinstance(ann, ResNet):
+        site_graph(ann)
+        return None
+    if not isinstance(getattr(ann, "config", None), ModelConfig):
         raise ModelError("convert needs a spikebridge ResNet built by spikebridge.models.build")
     if ann.spiking or ann.config.neuron is not None:
         raise ModelError("convert needs an ANN; this model is already spiking")
@@ -182,30 +211,8 @@ def _conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
     return pairs
 
 
-def _conv_with_bias(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
-    """A copy of ``conv``'s geometry with a bias, holding ``weight`` and ``bias``."""
-    new = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
-        device=conv.weight.device, dtype=conv.weight.dtype,
-    )  # fmt: skip
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        new.bias.copy_(bias)
-    return new
-
-
-def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """``BN(conv(x))`` as one conv (eval-mode BN; computed in float64)."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise ModelError("cannot fold a batch-norm without running statistics into its conv")
-    var, mean = bn.running_var.double(), bn.running_mean.double()
-    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
-    scale = gamma / torch.sqrt(var + bn.eps)
-    bias0 = conv.bias.double() if conv.bias is not None else torch.zeros_like(var)
-    weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
-    return _conv_with_bias(conv, weight, (bias0 - mean) * scale + beta)
+_conv_with_bias = conv_with_bias  # the ResNet path's names for the shared folding code
+_folded = folded_conv
 
 
 @torch.no_grad()
@@ -213,8 +220,14 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every BatchNorm2d into the conv before it, in place; returns ``model``.
 
     ``W' = W·γ/√(σ²+ε)``, ``b' = (b − μ)·γ/√(σ²+ε) + β`` per output channel; the BN
-    becomes ``nn.Identity``. Equals the model in eval mode up to float error.
+    becomes ``nn.Identity``. Equals the model in eval mode up to float error. A spikebridge
+    ResNet pairs ``bnX`` with ``convX`` by name (ModelError if one has no conv); any other
+    model is traced with torch.fx and every BatchNorm2d fed by a Conv2d that feeds only it is
+    folded, other BatchNorms are kept (an affine map, valid per step in a spiking network;
+    :func:`~spikebridge.methods.graph.fold_graph_batchnorm`).
     """
+    if not isinstance(model, ResNet):
+        return fold_graph_batchnorm(model)
     for parent, conv_name, bn_name in _conv_bn_pairs(model):
         setattr(parent, conv_name, _folded(getattr(parent, conv_name), getattr(parent, bn_name)))
         setattr(parent, bn_name, nn.Identity())
@@ -316,7 +329,7 @@ def _collect(ann: nn.Module, batches: list[torch.Tensor], stats: dict[nn.Module,
 
 
 def activation_thresholds(
-    ann: ResNet,
+    ann: nn.Module,
     batches: list[torch.Tensor] | None,
     method: str,
     percentile: float = 99.99,
@@ -400,19 +413,19 @@ def _spiking_twin(ann: ResNet, cfg: ModelConfig, timesteps: int, phi: float) -> 
     return snn
 
 
-def _set_neurons(snn: ResNet, thresholds: dict[str, torch.Tensor], phi: float) -> None:
+def _set_neurons(snn: nn.Module, thresholds: dict[str, torch.Tensor], phi: float) -> None:
     for name, site in snn_sites(snn):
         device = site.neuron.threshold.device
         site.neuron.threshold = thresholds[name].detach().to(device, torch.float32).clone()
         site.neuron.phi = torch.tensor(float(phi), device=device)
 
 
-def _mean_thresholds(snn: ResNet) -> dict[str, float]:
+def _mean_thresholds(snn: nn.Module) -> dict[str, float]:
     return {name: site.neuron.threshold.mean().item() for name, site in snn_sites(snn)}
 
 
 def convert(
-    ann: ResNet,
+    ann: nn.Module,
     method: str,
     calibration_data: CalibrationData | None,
     timesteps: int,
@@ -431,11 +444,12 @@ def convert(
     tune_lr: float = DEFAULT_LR,
     tune_schedule: str = DEFAULT_SCHEDULE,
     selection_data: Any = None,
-) -> ResNet:
-    """Convert a ResNet ANN into a NEW IF spiking ResNet (see the module docstring).
+) -> ResNet | SpikingGraph:
+    """Convert a ResNet ANN or a traceable user CNN into a NEW IF spiking network (see the
+    module docstring).
 
     Args:
-        ann: a ReLU / Clip / QCFS ResNet ANN (not modified).
+        ann: a ReLU / Clip / QCFS ResNet ANN, or a user CNN (not modified).
         method: ``maxnorm`` | ``robust`` | ``qcfs`` | ``ttrbr`` (ours).
         calibration_data: normalized training images ``[N, C, H, W]`` or batches of them
             (``(images, labels)`` pairs are accepted); may be ``None`` for ``qcfs``.
@@ -464,8 +478,11 @@ def convert(
         selection_data: (``ttrbr``) labelled held-out ``(images, labels)`` batches, disjoint
             from the calibration images, for ``tune_reference="select"``.
 
-    Returns the spiking model (eval mode) with ``.config`` (rebuild with
-    :func:`build_converted`) and ``.conversion_report`` (:class:`ConversionReport`).
+    Returns the spiking model (eval mode) with ``.conversion_report``
+    (:class:`ConversionReport`): a ResNet with ``.config`` (rebuild with
+    :func:`build_converted`), or for a user CNN a
+    :class:`~spikebridge.methods.graph.SpikingGraph` (rebuild with
+    :func:`~spikebridge.methods.graph.build_spiking_graph`).
     """
     channelwise = resolve_channelwise(method, channelwise)
     _check_args(
@@ -477,8 +494,7 @@ def convert(
     tune_bias = method == "ttrbr" if tune_bias is None else tune_bias
     if tune_epochs is None:
         tune_epochs = DEFAULT_EPOCHS if method == "ttrbr" else 0
-    cfg = check_convertible(ann)
-    snn = _spiking_twin(ann, cfg, timesteps, phi)
+    ann, snn = _twin(ann, timesteps, phi)  # a user model's ann is its site graph from here
     batches = None
     if calibration_data is not None:
         batches = calibration_batches(calibration_data, batch_size, model_device(ann))
@@ -503,6 +519,17 @@ def convert(
     )  # fmt: skip
     snn.conversion_report = report  # type: ignore[assignment]
     return snn.eval()
+
+
+def _twin(ann: nn.Module, timesteps: int, phi: float) -> tuple[nn.Module, ResNet | SpikingGraph]:
+    """``(reference ANN, its IF twin)``: a ResNet and its :func:`_spiking_twin`, or a user
+    model's :func:`~spikebridge.methods.graph.site_graph` and its spiking graph."""
+    if isinstance(ann, ResNet):
+        cfg = check_convertible(ann)
+        assert cfg is not None  # a ResNet always has one (or check_convertible raised)
+        return ann, _spiking_twin(ann, cfg, timesteps, phi)
+    reference = site_graph(ann)
+    return reference, spiking_from_sites(reference, timesteps, phi)
 
 
 def selects_reference(reference: str | None, ann: nn.Module) -> bool:
@@ -535,7 +562,7 @@ def _resolve_tune_reference(reference: str | None, ann: nn.Module, selection_dat
 class _TtrbrTuning:
     """ttrbr's two tuning stages with their options: per-site search, then output fit."""
 
-    ann: ResNet
+    ann: nn.Module
     batches: list[torch.Tensor]
     timesteps: int
     grid: tuple[float, ...] | list[float]
@@ -551,7 +578,7 @@ class _TtrbrTuning:
     batch_size: int
 
     def __call__(
-        self, snn: ResNet, reference: str
+        self, snn: nn.Module, reference: str
     ) -> tuple[TuningReport, CalibrationReport | None]:
         """Tune ``snn`` in place towards ``reference`` (``ann`` / ``clip`` / ``auto``)."""
         tuning = tune_thresholds(
@@ -570,8 +597,8 @@ class _TtrbrTuning:
 
 
 def _tune_and_select(
-    tune: _TtrbrTuning, snn: ResNet, selection_data: Any
-) -> tuple[ResNet, TuningReport, CalibrationReport | None, SelectionReport]:
+    tune: _TtrbrTuning, snn: nn.Module, selection_data: Any
+) -> tuple[nn.Module, TuningReport, CalibrationReport | None, SelectionReport]:
     """Tune a copy of ``snn`` towards each of :data:`SELECT_CANDIDATES`; keep the one that
     is more accurate on the held-out labelled ``selection_data`` (reference_selection)."""
     held_out = labelled_batches(selection_data)

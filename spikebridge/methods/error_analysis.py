@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from spikebridge.errors import DataError, ModelError
+from spikebridge.methods.graph import graph_sites
 from spikebridge.nn.activations import QCFS, Clip
 from spikebridge.nn.temporal import SpikingSite, unfold
 
@@ -117,16 +118,22 @@ def calibration_batches(
 
 
 def ann_sites(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every ANN activation site, in registration order.
+    """``(name, module)`` of every ANN activation site, in a topological order.
 
     For the project's ResNets registration order is a topological order (a site never
-    depends on a site registered after it), which layer-by-layer tuning relies on.
+    depends on a site registered after it), which layer-by-layer tuning relies on; for a
+    traced user model (``torch.fx.GraphModule``, :mod:`~spikebridge.methods.graph`) it is
+    the order of the calls in its graph.
     """
+    if isinstance(model, fx.GraphModule):
+        return graph_sites(model, ANN_SITE_TYPES)
     return [(n, m) for n, m in model.named_modules() if isinstance(m, ANN_SITE_TYPES)]
 
 
 def snn_sites(model: nn.Module) -> list[tuple[str, SpikingSite]]:
-    """``(name, site)`` of every :class:`SpikingSite`, in registration (= topological) order."""
+    """``(name, site)`` of every :class:`SpikingSite`, in topological order (as ann_sites)."""
+    if isinstance(model, fx.GraphModule):
+        return graph_sites(model, (SpikingSite,))  # type: ignore[return-value]
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingSite)]
 
 

@@ -102,7 +102,7 @@ class _ScaledNeuron(nn.Module):
             x = x + per_channel(self.shift, x)
         return self.neuron(x / s) * s
 
-    def fold(self, conv: nn.Conv2d | None) -> SpikingNeuron:
+    def fold(self, conv: nn.Module | None) -> SpikingNeuron:
         """Write ``θ·s`` into the neuron and ``δ`` into ``conv``'s bias; return the neuron."""
         scale = self.log_scale.detach().exp()
         self.neuron.threshold = (self.neuron.threshold * scale).clone()  # [C] if either is

@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from spikebridge.errors import ConfigError
 from spikebridge.methods.error_analysis import (
@@ -76,6 +76,7 @@ from spikebridge.methods.error_analysis import (
     model_device,
     paired_sites,
 )
+from spikebridge.methods.graph import feeding_layer
 from spikebridge.models.resnet import Bottleneck, ResNet
 from spikebridge.nn.activations import QCFS, Clip
 from spikebridge.nn.neurons import SpikingNeuron, per_channel_view
@@ -235,10 +236,14 @@ def _mean_current_gap(
     return total / count
 
 
-def feeding_conv(model: nn.Module, site_name: str) -> nn.Conv2d | None:
+def feeding_conv(model: nn.Module, site_name: str) -> nn.Module | None:
     """The biased conv whose output is the input current of site ``site_name`` (``act1`` ->
     ``conv1``, ``stages.i.j.act2`` -> ``stages.i.j.conv2``, ``...shortcut.act`` ->
-    ``...shortcut.conv``); None when there is none (then no bias shift is tried)."""
+    ``...shortcut.conv``); None when there is none (then no bias shift is tried). In a
+    converted user model (a graph) it is the Conv2d / Linear that feeds only that site
+    (:func:`~spikebridge.methods.graph.feeding_layer`)."""
+    if isinstance(model, fx.GraphModule):
+        return feeding_layer(model, site_name)
     parent_name, _, leaf = site_name.rpartition(".")
     try:
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -285,7 +290,7 @@ def _tune_site(
     inputs: Inputs,
     cands: list[Candidate],
     channelwise: bool,
-    conv: nn.Conv2d | None = None,
+    conv: nn.Module | None = None,
     gaps: Gaps = None,
 ) -> TuningRow:
     """Tune one site; with a feeding ``conv``, shifted candidates are tried too (tune_bias);
@@ -494,7 +499,7 @@ def _tune_by_segment(
     segments: list[Segment],
     pairs: list[tuple[str, nn.Module, SpikingSite]],
     batches: list[torch.Tensor],
-    options: tuple[list[Candidate], bool, bool, dict[str, nn.Conv2d | None], bool],
+    options: tuple[list[Candidate], bool, bool, dict[str, nn.Module | None], bool],
     timesteps: int,
 ) -> list[TuningRow]:
     """Tune site by site, running only the current segment from cached inputs.
