@@ -34,7 +34,7 @@ STRUCTURES = ("post-add", "pre-add")
 # the IDSNN authors do; "kaiming" is He et al.'s fan-out normal. With BN after every conv the
 # scale of the init sets the effective step size (a BN-normalised weight of norm r moves as
 # lr / r^2): kaiming's ~2.5x larger weights train a spiking ResNet at ~1/6 of the step, and
-# the loss sits at ln 10 for the first hundred steps (measured, docs/notes/results-history.md).
+# the loss sits near ln 10 for the first hundred steps (docs/RESULTS.md, "Why the defaults").
 CONV_INITS = ("default", "kaiming")
 STEMS = ("3x3", "7x7")
 STEM_POOLS = ("avg", "max", "none")
