@@ -156,9 +156,9 @@ def check_convertible(ann: nn.Module) -> ModelConfig | None:
 
 def resolve_channelwise(method: str, channelwise: bool | None) -> bool:
     """None -> per-channel thresholds for ``ttrbr`` only. Measured on the CPU sweep's 8 ANNs
-    (docs/RESULTS.md, "Per-layer vs per-channel"): per-channel tuning was ahead at T = 8 on all
-    8 and at T = 4 on 6 (deep ReLU ANNs: 70 against 32 % at T = 8); the published baselines
-    keep their per-layer rule unless asked."""
+    (docs/notes/results-history.md, "Per-layer vs per-channel"): per-channel tuning was ahead
+    at T = 8 on all 8 and at T = 4 on 6 (deep ReLU ANNs: 70 against 32 % at T = 8); the
+    published baselines keep their per-layer rule unless asked."""
     return method == "ttrbr" if channelwise is None else channelwise
 
 
@@ -462,7 +462,7 @@ def convert(
             ``tune_guard`` keeps a block's tuned thresholds only if its output error does
             not grow; ``tune_bias`` also tries a per-channel shift of each site's input
             current, folded into the feeding conv's bias; None = on for ``ttrbr``: on a
-            resnet110 QCFS ANN it moved T=4 accuracy from 85.5 to 86.4 %, docs/RESULTS.md).
+            resnet110 QCFS ANN it moved T=4 accuracy from 85.5 to 86.4 %, docs/notes/).
         compensate_stream: (``ttrbr``, pre-add ResNets) the last site of each block also
             corrects the residual stream's error (see ``tune_thresholds``).
         tune_reference: (``ttrbr``) the network the sites aim at: ``ann``, ``clip`` (QCFS

@@ -5,7 +5,7 @@ The per-site search of METHODS 2.4 (``threshold_tuning``) is greedy: each site l
 own error, blind to what that error does downstream, and on a 100+ layer network most of
 the error a site sees is quantization and deviation error that no scale of its own
 removes. On one resnet110 QCFS ANN it recovered nothing over untuned QCFS at T >= 3
-(docs/RESULTS.md). This stage fits every site at once to what matters, the network's
+(docs/notes/results-history.md). This stage fits every site at once to what matters, the network's
 output, on the calibration set at the target T:
 
     min_{s, δ}  E ‖ mean_t f_SNN(x; s, δ) − f_ref(x) ‖²
@@ -170,7 +170,7 @@ def calibrate_outputs(
         epochs: passes over the fit images (Adam, ``lr``, batches of ``batch_size``).
         schedule: ``cosine`` (the rate falls to 0 over all steps) or ``constant``. Cosine
             over 6 epochs was ahead of constant over 3 (the first default) by 0.7 points of
-            T = 4 accuracy on three ANNs' validation splits (docs/RESULTS.md).
+            T = 4 accuracy on three ANNs' validation splits (docs/notes/results-history.md).
         shift: also fit the per-channel input shift (folded into the feeding conv's bias;
             sites without a biased feeding conv get none).
         channelwise: one threshold scale per channel (else one per site; the shift is

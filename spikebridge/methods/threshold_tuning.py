@@ -35,8 +35,8 @@ error is that site's error plus the error the residual stream already carries. W
 option that site's target becomes ``a_l + (s_a − mean_t s_s)``, ``s`` the shortcut's output
 (ANN / SNN), so the site can correct the stream's error instead of passing it on (METHODS
 2.5). The shortcut's own site (a projection) is tuned first so the gap is the final one.
-Measured (docs/RESULTS.md): +1.4 points at T = 4 on a pre-add resnet20, within noise on
-resnet56-164; hence off by default.
+Measured (docs/notes/results-history.md): +1.4 points at T = 4 on a pre-add resnet20, within noise
+on resnet56-164; hence off by default.
 
 Reference network (``reference``, also ours): the ``a_l`` the sites aim at come from the ANN as
 trained (``"ann"``) or from its continuous twin (``"clip"``): the same weights with every QCFS
@@ -46,8 +46,8 @@ levels (``T > L``) approaches the clip network, of which the QCFS ANN is only an
 approximation; tuning it towards the ANN's coarser staircase pulls it away from the network it
 converges to. ``"auto"`` picks ``"clip"`` when ``T`` exceeds the ANN's QCFS levels and
 ``"ann"`` otherwise (ReLU and clip ANNs: the two are the same network). Which reference
-is better depends on the ANN, not only on T (docs/RESULTS.md, "Tuning reference"), so the
-conversion default (``convert(..., tune_reference="select")`` with held-out labelled images;
+is better depends on the ANN, not only on T (docs/notes/results-history.md, "Tuning reference"), so
+the conversion default (``convert(..., tune_reference="select")`` with held-out labelled images;
 :mod:`~spikebridge.methods.reference_selection`) tunes towards both and keeps the one more
 accurate on those images; this function takes one fixed reference.
 
