@@ -34,7 +34,8 @@ STRUCTURES = ("post-add", "pre-add")
 # the IDSNN authors do; "kaiming" is He et al.'s fan-out normal. With BN after every conv the
 # scale of the init sets the effective step size (a BN-normalised weight of norm r moves as
 # lr / r^2): kaiming's ~2.5x larger weights train a spiking ResNet at ~1/6 of the step, and
-# the loss sits near ln 10 for the first hundred steps (docs/RESULTS.md, "Why the defaults").
+# the loss sits near ln 10 for the first hundred steps (docs/notes/results-history.md,
+# "Training defaults screen").
 CONV_INITS = ("default", "kaiming")
 STEMS = ("3x3", "7x7")
 STEM_POOLS = ("avg", "max", "none")
@@ -199,7 +200,8 @@ class ResNet(nn.Module):
         widths: base channels per stage before the width multiplier.
         act: activation/neuron spec for every site.
         structure: ``post-add`` or ``pre-add``.
-        stem_padding: 1 by default; 3 reproduces the IDSNN authors' quirk (a 32x32 image becomes 36x36).
+        stem_padding: 1 by default; 3 reproduces the IDSNN authors' quirk (a 32x32 image
+            becomes 36x36).
         stem: ``3x3`` (stride 1, no pooling: CIFAR / Fashion-MNIST) or ``7x7`` (ImageNet style:
             7x7 stride-2 conv, then a 3x3 stride-2 pooling).
         stem_pool: pooling after a ``7x7`` stem: ``avg`` (default; spikes in, rates out, so it
