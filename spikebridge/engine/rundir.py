@@ -117,6 +117,9 @@ def validate_run_dir(run_dir: str | Path, kind: str = "run") -> dict[str, Any]:
         raise RunError(f"run folder {name} has no {CONFIG_FILE}; is it a spikebridge run folder?")
     config = read_run_config(run_dir) if has_config else {}
     if not (run_dir / SUMMARY_FILE).is_file():
+        if not has_config:  # e.g. `spikebridge report` pointed at an unrelated folder
+            raise RunError(f"{name} holds neither {CONFIG_FILE} nor {SUMMARY_FILE}; is it a "
+                           "spikebridge run folder?")  # fmt: skip
         raise RunError(unfinished_reason(run_dir, config))
     if not isinstance(read_json(run_dir / SUMMARY_FILE), dict):
         raise RunError(f"{str(run_dir / SUMMARY_FILE)!r} does not hold a JSON object; the file "

@@ -293,3 +293,12 @@ def test_a_conversion_cut_before_its_summary_is_unfinished_and_reruns(
     assert json.loads((cut / ckpt.SUMMARY_FILE).read_text()) == demo._finished(cut)
     assert main(argv) == 2  # a finished conversion is never overwritten
     assert "already holds a run" in one_error_line(capsys)
+
+
+def test_report_of_an_unrelated_folder_says_it_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a run")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "neither config.json nor summary.json" in err
+    with pytest.raises(RunError, match="is it a spikebridge run folder"):
+        validate_run_dir(tmp_path, kind="results")
