@@ -89,7 +89,7 @@ def run_arm(
     return {"name": str(arm["name"]), "reference": arm.get("reference"),
             "overrides": {k: v for k, v in arm.items() if k not in ARM_META},
             "summary": summary, "wall_s": time.perf_counter() - start,
-            "milestones": list(config.optim.milestones),
+            "milestones": list(config.optim.milestones), "schedule": config.optim.schedule,
             "test_by_epoch": [r["test_accuracy"] for r in history]}  # fmt: skip
 
 
@@ -136,9 +136,19 @@ def _shortcuts(summary: Mapping[str, Any]) -> str:
     return "copied" if summary["init_shortcuts"] else "random"
 
 
+def _schedule(arm: Mapping[str, Any]) -> str:
+    """``multistep`` as its lr x0.1 fractions (``x0.1 at 0.3,0.6,0.8``), else the name; the
+    milestones mean nothing to a cosine run (results written before 2026-12-06 were all
+    multistep and hold no schedule name)."""
+    schedule = arm.get("schedule", "multistep")
+    if schedule != "multistep":
+        return str(schedule)
+    return "x0.1 at " + ",".join(f"{m:g}" for m in arm.get("milestones", []))
+
+
 def table_rows(arms: list[dict[str, Any]]) -> list[str]:
     """The results table in markdown (accuracies in %)."""
-    head = ("| arm | init | shortcuts | KD weight | epochs | lr x0.1 at (fractions) "
+    head = ("| arm | init | shortcuts | KD weight | epochs | lr schedule "
             "| test acc (val-selected) "
             "| final test | best test over epochs (paper comparison) | test acc at t = 1..T "
             "| epochs to reach baseline final | speed-up vs baseline | final - reference |")  # fmt: skip
@@ -148,10 +158,9 @@ def table_rows(arms: list[dict[str, Any]]) -> list[str]:
         delta = a["final_minus_reference"]
         delta_text = f"{100 * delta:+.2f} (vs {ref})" if delta is not None else "-"
         speed = f"{a['speedup']:.2f}x" if a["speedup"] else "-"
-        milestones = ",".join(f"{m:g}" for m in a.get("milestones", []))
         rows.append(
             f"| {a['name']} | {s['init']} | {_shortcuts(s)} "
-            f"| {s['kd_weight']} | {s['epochs']} | {milestones} | {_pct(s['test_accuracy'])} "
+            f"| {s['kd_weight']} | {s['epochs']} | {_schedule(a)} | {_pct(s['test_accuracy'])} "
             f"| {_pct(s['final_test_accuracy'])} | {_pct(s['best_test_accuracy'])} | {_by_t(s)} "
             f"| {a['epochs_to_baseline'] or 'never'} | {speed} | {delta_text} |"
         )

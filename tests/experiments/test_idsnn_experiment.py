@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from spikebridge.cli import main
-from spikebridge.experiments.idsnn import add_convergence, epochs_to_reach
+from spikebridge.experiments.idsnn import _schedule, add_convergence, epochs_to_reach
 
 TINY_SPEC = {
     "kind": "idsnn",
@@ -34,6 +34,7 @@ def test_experiment_writes_results(tiny_yaml, tmp_path):
     assert main(["experiment", str(tiny_yaml), "--profile", "cpu", "--out", str(out)]) == 0
     text = (out / "results.md").read_text()
     assert "| baseline | none |" in text and "| init+kd | first |" in text
+    assert "| 1 | cosine |" in text and "x0.1 at" not in text  # the schedule that ran
     assert "best test over epochs (paper comparison)" in text
     results = json.loads((out / "results.json").read_text())
     assert [a["name"] for a in results["arms"]] == ["baseline", "init+kd"]
@@ -71,3 +72,9 @@ def test_epochs_to_reach_and_speedup():
     assert arms[0]["epochs_to_baseline"] == 4 and arms[0]["speedup"] == 1.0
     assert arms[1]["epochs_to_baseline"] == 1 and arms[1]["speedup"] == 4.0
     assert arms[1]["final_minus_reference"] == pytest.approx(0.1)
+
+
+def test_schedule_column_names_cosine_and_multistep_fractions():
+    assert _schedule({"schedule": "cosine", "milestones": [0.3]}) == "cosine"
+    assert _schedule({"schedule": "multistep", "milestones": [0.3, 0.6]}) == "x0.1 at 0.3,0.6"
+    assert _schedule({"milestones": [0.5]}) == "x0.1 at 0.5"  # results from before the field
