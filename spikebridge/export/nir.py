@@ -76,6 +76,7 @@ import torch
 from torch import fx, nn
 
 from spikebridge.errors import ConfigError, ModelError
+from spikebridge.methods.graph import folded_conv
 from spikebridge.nn.neurons import SpikingNeuron
 from spikebridge.nn.temporal import SpikingSite
 
@@ -149,21 +150,12 @@ def _firing_level(level: float, strict: bool) -> np.float32:
 
 
 def _fold_bn(conv: nn.Conv2d, bn: nn.Module | None) -> tuple[np.ndarray, np.ndarray]:
-    """Conv weight and bias with an eval-mode BatchNorm folded in (computed in float64).
-
-    ``W' = W·γ/σ``, ``b' = β + (b − μ)·γ/σ`` with ``σ = sqrt(running_var + eps)``.
-    """
-    w = conv.weight.detach().double()
-    b = conv.bias.detach().double() if conv.bias is not None else w.new_zeros(w.shape[0])
+    """Conv weight and bias with an eval-mode BatchNorm folded in (the conversion's own
+    :func:`~spikebridge.methods.graph.folded_conv`, computed in float64)."""
     if isinstance(bn, nn.BatchNorm2d):
-        if bn.running_mean is None or bn.running_var is None:
-            raise ModelError("BatchNorm without running statistics cannot be folded for export")
-        gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(b)
-        beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(b)
-        scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
-        w = w * scale.view(-1, 1, 1, 1)
-        b = beta + (b - bn.running_mean.double()) * scale
-    return _array(w), _array(b)
+        conv = folded_conv(conv, bn)
+    bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+    return _array(conv.weight), _array(bias)
 
 
 def _refuse(name: str, module: nn.Module, expected: str) -> ModelError:
