@@ -2,4 +2,5 @@
 
 from spikebridge.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # a spawned worker (demo --jobs) imports this module too
+    raise SystemExit(main())

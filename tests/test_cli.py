@@ -14,7 +14,7 @@ from spikebridge.models import ModelConfig, build_from_config
 CHANCE = 0.25  # the synthetic dataset has 4 balanced classes
 SUMMARY_KEYS = {
     "test_accuracy", "val_accuracy", "best_test_accuracy", "final_test_accuracy", "epochs",
-    "timesteps", "model", "dataset", "params", "train_time_s",
+    "timesteps", "model", "dataset", "params", "train_time_s", "test_samples",
 }  # fmt: skip
 RUN_FILES = {"config.json", "metrics.jsonl", "model.safetensors", "checkpoint.pt",
              "summary.json"}  # fmt: skip
@@ -60,6 +60,7 @@ def check_run(run, spiking):
     assert summary["test_accuracy"] > CHANCE + 0.3  # clearly above chance
     assert summary["best_test_accuracy"] == max(m["test_accuracy"] for m in metrics)
     assert summary["final_test_accuracy"] == metrics[-1]["test_accuracy"]
+    assert isinstance(summary["test_samples"], int) and summary["test_samples"] > 0
     config = json.loads((run / "config.json").read_text())
     model = build_from_config(ModelConfig(**config["model"]))  # the config rebuilds the model
     assert model.spiking == spiking and (config["model"]["in_channels"], model.fc.out_features) == (

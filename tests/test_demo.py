@@ -1,11 +1,18 @@
 """The demo's comparison rows: accuracy at the row's T, operations only where measured."""
 
-from spikebridge.demo import _row, format_table
+import time
+from pathlib import Path
+
+import pytest
+
+from spikebridge.demo import Step, _row, format_table, run_demo, run_steps
+from spikebridge.errors import ConfigError
 
 SNN = {
     "accuracy_by_timestep": {"1": 0.5, "4": 0.7, "8": 0.8},
     "measured_timesteps": 4, "firing_rate": 0.2, "sops_per_image": 2e6,
     "macs_per_image": 5e6, "energy_estimate_uj": 1.8, "ann_energy_estimate_uj": 23.0,
+    "test_samples": 3200,
 }  # fmt: skip
 ANN = {"test_accuracy": 0.9, "macs_per_image": 5e6, "ann_energy_estimate_uj": 23.0}
 
@@ -21,4 +28,72 @@ def test_ann_rows_show_the_ann_energy_and_the_table_prints_percentages():
     row = _row("ann", ANN, 1)
     assert (row["T"], row["energy_uj"]) == ("-", 23.0)
     table = format_table([row, _row("snn", SNN, 4)])
-    assert "| ann | - | 90.00 % |" in table and "| snn | 4 | 70.00 % | 0.200 | 2.00 M |" in table
+    assert "| ann | - | 90.00 % | - |" in table
+    assert "| snn | 4 | 70.00 % | 3200 | 0.200 | 2.00 M |" in table
+
+
+# ---------------------------------------------------------------- the step scheduler
+
+
+def _record(folder: Path, name: str, wait_for: str | None = None, log=print) -> None:
+    """A demo step for the tests: marks its start, optionally waits (at most 60 s) for
+    another step to have started, then marks its end. Module-level, so workers can run it."""
+    (folder / f"{name}.start").write_text(str(time.monotonic()))
+    deadline = time.monotonic() + 60
+    while wait_for is not None and not (folder / f"{wait_for}.start").exists():
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{name} never saw {wait_for} start")
+        time.sleep(0.05)
+    (folder / f"{name}.end").write_text(str(time.monotonic()))
+
+
+def _fail(folder: Path, log=print) -> None:
+    raise ConfigError("step failed on purpose")
+
+
+def _finished_if_ended(run_dir: Path):
+    return {} if run_dir.with_suffix(".end").exists() else None
+
+
+def _steps(tmp_path: Path, waits: dict[str, str] | None = None) -> list[Step]:
+    waits = waits or {}
+    return [
+        Step(n, tmp_path / n, _record, (tmp_path, n, waits.get(n)), after=after)
+        for n, after in (("a", ()), ("b", ()), ("c", ("a",)), ("d", ("c", "b")))
+    ]
+
+
+def _time(tmp_path: Path, name: str, edge: str) -> float:
+    return float((tmp_path / f"{name}.{edge}").read_text())
+
+
+def test_steps_run_after_the_steps_they_need_and_finished_steps_are_reused(tmp_path):
+    (tmp_path / "a.end").write_text("0")  # 'a' finished in an earlier demo
+    lines = []
+    run_steps(_steps(tmp_path), jobs=1, log=lines.append, finished=_finished_if_ended)
+    assert not (tmp_path / "a.start").exists() and any("a: reusing" in x for x in lines)
+    assert _time(tmp_path, "c", "start") >= _time(tmp_path, "a", "end")
+    assert _time(tmp_path, "d", "start") >= max(_time(tmp_path, n, "end") for n in "bc")
+
+
+def test_two_jobs_run_independent_steps_at_once_and_keep_the_order_of_dependencies(tmp_path):
+    # 'a' waits for 'b' to start: one process at a time would fail it (after 60 s)
+    run_steps(_steps(tmp_path, {"a": "b"}), jobs=2, log=lambda _: None,
+              finished=_finished_if_ended)  # fmt: skip
+    assert _time(tmp_path, "c", "start") >= _time(tmp_path, "a", "end")
+    assert _time(tmp_path, "d", "start") >= max(_time(tmp_path, n, "end") for n in "bc")
+
+
+def test_a_failing_step_stops_the_demo_with_its_error_and_its_dependents_never_run(tmp_path):
+    steps = [Step("bad", tmp_path / "bad", _fail, (tmp_path,)), *_steps(tmp_path)[1:3]]
+    steps[2] = Step("c", tmp_path / "c", _record, (tmp_path, "c"), after=("bad",))
+    with pytest.raises(ConfigError, match="on purpose"):
+        run_steps(steps, jobs=2, log=lambda _: None, finished=_finished_if_ended)
+    assert not (tmp_path / "c.start").exists()
+
+
+def test_unknown_dependencies_and_bad_job_counts_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown dependencies"):
+        run_steps([Step("x", tmp_path, _fail, (tmp_path,), after=("y",))])
+    with pytest.raises(ConfigError, match="--jobs is 0"):
+        run_demo(tmp_path, jobs=0)
