@@ -22,6 +22,9 @@ import argparse
 import functools
 import json
 import multiprocessing
+import os
+import signal
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -153,6 +156,9 @@ def _convert(
 
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
+    # Ctrl-C: a worker leaves at once, without a traceback of its own; its run folder is
+    # as after a kill (transactional: it resumes), and the main process reports the stop
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 
 def run_steps(
@@ -309,5 +315,10 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    run_demo(args.out, args.threads, jobs=args.jobs)
+    try:
+        run_demo(args.out, args.threads, jobs=args.jobs)
+    except KeyboardInterrupt:
+        print("interrupted; run the same demo command again: finished steps are reused and "
+              "interrupted ones resume", file=sys.stderr)  # fmt: skip
+        return 130
     return 0
