@@ -197,9 +197,14 @@ def run_steps(
         pending.remove(s)
         log(f"[demo] {time.perf_counter() - start:5.0f} s  {s.name} -> {s.run_dir}")
 
+    def stuck() -> bool:  # steps left that wait on each other (a dependency cycle)
+        return bool(pending) and not ready()
+
     if jobs <= 1:
         while pending:
             skip_finished()
+            if stuck():
+                raise ValueError(f"demo steps wait on each other: {[s.name for s in pending]}")
             if pending:
                 s = ready()[0]
                 begin(s)
@@ -216,6 +221,8 @@ def run_steps(
                 log_as = functools.partial(_print_as, s.name)
                 running[pool.submit(s.make, *s.args, log=log_as)] = s
             if not running:
+                if stuck():
+                    raise ValueError(f"demo steps wait on each other: {[s.name for s in pending]}")
                 continue
             over, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in over:
@@ -240,6 +247,7 @@ def demo_steps(out: Path, threads: int | None, progress: bool) -> list[Step]:
     common = {**DEMO_DATA, "threads": threads, "progress": progress, "resume": True}
     student = {**common, **STUDENT}
     teacher_dir, qcfs_dir = out / "teacher", out / "qcfs-ann"
+    qcfs_step = "conversion-aware ANN (QCFS, pre-add)"
     steps = [
         Step("teacher ANN", teacher_dir, train_run,
              ({**common, **TEACHER_DATA, **TEACHER, "out": str(teacher_dir)},)),
@@ -248,14 +256,14 @@ def demo_steps(out: Path, threads: int | None, progress: bool) -> list[Step]:
         Step("IDSNN student", out / "idsnn", distill_run,
              ({**student, "teacher": str(teacher_dir), "init": "first", "kd_weight": 0.3,
                "out": str(out / "idsnn")},), after=("teacher ANN",)),
-        Step("conversion-aware ANN (QCFS, pre-add)", qcfs_dir, train_run,
+        Step(qcfs_step, qcfs_dir, train_run,
              ({**common, **QCFS_ANN, "out": str(qcfs_dir)},)),
     ]  # fmt: skip
     for method in QCFS_METHODS:
         conv_dir = out / f"converted-{qcfs_dir.name}-{method}"
         steps.append(Step(f"QCFS ANN converted ({method})", conv_dir, _convert,
                           (qcfs_dir, method, conv_dir, CONVERT_TIMESTEPS, CALIBRATION_IMAGES,
-                           CONVERT_TEST_IMAGES), after=(steps[3].name,)))  # fmt: skip
+                           CONVERT_TEST_IMAGES), after=(qcfs_step,)))  # fmt: skip
     return steps
 
 

@@ -92,8 +92,13 @@ def test_a_failing_step_stops_the_demo_with_its_error_and_its_dependents_never_r
     assert not (tmp_path / "c.start").exists()
 
 
-def test_unknown_dependencies_and_bad_job_counts_are_refused(tmp_path):
+def test_unknown_dependencies_cycles_and_bad_job_counts_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown dependencies"):
         run_steps([Step("x", tmp_path, _fail, (tmp_path,), after=("y",))])
+    cycle = [Step("x", tmp_path / "x", _fail, (tmp_path,), after=("y",)),
+             Step("y", tmp_path / "y", _fail, (tmp_path,), after=("x",))]  # fmt: skip
+    for jobs in (1, 2):
+        with pytest.raises(ValueError, match="wait on each other"):
+            run_steps(cycle, jobs=jobs, log=lambda _: None, finished=_finished_if_ended)
     with pytest.raises(ConfigError, match="--jobs is 0"):
         run_demo(tmp_path, jobs=0)

@@ -271,7 +271,8 @@ def make_summary(config: Config, model: nn.Module, result: FitResult, run_dir: P
     state, test, m = result.state, result.test or {}, config.model
     summary = {
         "test_accuracy": test.get("accuracy"), "test_loss": test.get("loss"),
-        "test_samples": test.get("samples"), "val_accuracy": state.best_val, "best_epoch": state.best_epoch,
+        "test_samples": test.get("samples"),
+        "val_accuracy": state.best_val, "best_epoch": state.best_epoch,
         "best_test_accuracy": state.best_test, "final_test_accuracy": state.final_test,
         "epochs": state.epoch, "timesteps": m.timesteps if m.neuron else 1,
         "model": m.name, "neuron": m.neuron, "dataset": config.data.dataset,
