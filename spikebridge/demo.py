@@ -197,14 +197,14 @@ def run_steps(
         pending.remove(s)
         log(f"[demo] {time.perf_counter() - start:5.0f} s  {s.name} -> {s.run_dir}")
 
-    def stuck() -> bool:  # steps left that wait on each other (a dependency cycle)
-        return bool(pending) and not ready()
+    def refuse_cycle() -> None:  # steps left and none ready: they wait on each other
+        if pending and not ready():
+            raise ValueError(f"demo steps wait on each other: {[s.name for s in pending]}")
 
     if jobs <= 1:
         while pending:
             skip_finished()
-            if stuck():
-                raise ValueError(f"demo steps wait on each other: {[s.name for s in pending]}")
+            refuse_cycle()
             if pending:
                 s = ready()[0]
                 begin(s)
@@ -221,8 +221,7 @@ def run_steps(
                 log_as = functools.partial(_print_as, s.name)
                 running[pool.submit(s.make, *s.args, log=log_as)] = s
             if not running:
-                if stuck():
-                    raise ValueError(f"demo steps wait on each other: {[s.name for s in pending]}")
+                refuse_cycle()
                 continue
             over, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in over:
@@ -237,9 +236,9 @@ def run_steps(
                 log(f"[demo] {time.perf_counter() - start:5.0f} s  {s.name}: done")
 
 
-def default_jobs(threads: int | None = None) -> int:
+def default_jobs(threads: int) -> int:
     """2 worker processes where there are 2 threads or more to give them, else 1."""
-    return 2 if (threads or torch.get_num_threads()) >= 2 else 1
+    return 2 if threads >= 2 else 1
 
 
 def demo_steps(out: Path, threads: int | None, progress: bool) -> list[Step]:

@@ -6,8 +6,8 @@ trained, or its clip twin (QCFS sites as ``clip(z, 0, λ)``, what the IF rates a
 grows). Which one gives the more accurate SNN depends on the ANN, not only on T: on the
 validation splits of four resnet110 QCFS ANNs (docs/notes/results-history.md,
 "Tuning reference chosen per ANN") the ANN reference was ahead on three, by up to 1.2 points
-at T = 5-8, and the clip twin on the fourth, by up to 0.6. ``select`` therefore tunes one copy towards each and keeps the
-one that classifies more held-out labelled images right at the target T (ties: the ANN
+at T = 5-8, and the clip twin on the fourth, by up to 0.6. ``select`` therefore tunes one
+copy towards each and keeps the one that classifies more held-out labelled images right at the target T (ties: the ANN
 reference), so the choice is measured per ANN on images that neither the tuning nor the test
 score uses.
 """
