@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from spikebridge import __version__
+from spikebridge.analysis import measurement_at
 from spikebridge.analysis.report import format_measurement
 from spikebridge.cli_report import (
     add_export_arguments,
@@ -118,12 +119,28 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def format_eval(report: dict[str, Any]) -> str:
-    """A compact table: one row per time-step."""
+    """A compact table: one row per time-step t, every figure over the first t steps only
+    (firing rate, SOPs and energy measured on ``measured_images`` images, METHODS 3)."""
     head = f"{report['run_dir']}: {report['split']} split, {report['samples']} images"
-    rows = ["     t   accuracy      loss"]
+    spiking = any(measurement_at(report, int(t)) for t in report["accuracy_by_timestep"])
+    rows = ["     t   accuracy      loss" + ("   firing rate   SOPs/image   energy (µJ)"
+                                              if spiking else "")]  # fmt: skip
     for t, acc in report["accuracy_by_timestep"].items():
-        rows.append(f"{t:>6} {_percent(acc):>10} {report['loss_by_timestep'][t]:>9.4f}")
+        row = f"{t:>6} {_percent(acc):>10} {report['loss_by_timestep'][t]:>9.4f}"
+        m = measurement_at(report, int(t)) if spiking else None
+        if m is not None:
+            row += (f" {_figure(m['firing_rate'], '.4f'):>13} "
+                    f"{_figure(m['sops_per_image'], '.4g', 1e-6, ' M'):>12} "
+                    f"{_figure(m['energy_estimate_uj'], '.4g'):>13}")  # fmt: skip
+        rows.append(row)
+    if spiking:
+        rows.append(f"(firing rate, SOPs and energy at t: over the first t steps of "
+                    f"{report.get('measured_images')} images; energy is an estimate)")  # fmt: skip
     return "\n".join([head, *rows])
+
+
+def _figure(value: Any, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value * scale:{spec}}{unit}"
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -8,9 +8,10 @@ from spikebridge.analysis.ops import (
     count_sops,
     energy_estimate,
     measure_snn,
+    measurement_at,
 )
 
 __all__ = [
     "E_AC_PJ", "E_MAC_PJ", "FiringMonitor", "count_macs", "count_sops", "energy_estimate",
-    "measure_snn",
+    "measure_snn", "measurement_at",
 ]  # fmt: skip

@@ -36,7 +36,6 @@ It is an estimate of arithmetic energy only (no memory traffic, no neuron update
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -46,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikebridge.analysis.firing import FiringMonitor
-from spikebridge.errors import DataError, ModelError
+from spikebridge.errors import ConfigError, DataError, ModelError
 from spikebridge.nn.temporal import SpikingSite
 
 E_MAC_PJ = 4.6
@@ -128,26 +127,39 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
     return {"macs_per_image": sum(by_layer.values()), "macs_by_layer": by_layer}
 
 
-def _conv_sops(conv: nn.Conv2d, events: torch.Tensor) -> float:
-    """ACs caused by ``events[N, C_in, H, W]``: each event costs one AC per output it reaches.
+def _conv_sops(conv: nn.Conv2d, events: torch.Tensor) -> torch.Tensor:
+    """ACs per step caused by ``events[T, B, C_in, H, W]``: each event costs one AC per output
+    it reaches. Returns ``[T]`` (float64).
 
-    Equal to ``conv(events, all-ones weights).sum()``; computed cheaply by summing events
-    over the batch and over the input channels of each group first (the conv is linear).
+    Equal to ``conv(events, all-ones weights).sum()`` per step; computed cheaply by summing
+    events over the batch and over the input channels of each group first (the conv is
+    linear).
     """
     if conv.padding_mode != "zeros":
         raise ModelError(f"SOP counting supports zero-padded convs, not {conv.padding_mode!r}")
     g = conv.groups
-    ev = events.double().sum(0, keepdim=True)
-    ev = ev.view(1, g, conv.in_channels // g, *ev.shape[2:]).sum(2)
+    ev = events.double().sum(1)  # [T, C_in, H, W]
+    ev = ev.view(ev.shape[0], g, conv.in_channels // g, *ev.shape[2:]).sum(2)
     ones = torch.ones(g, 1, *conv.kernel_size, dtype=ev.dtype, device=ev.device)
     reach = F.conv2d(ev, ones, None, conv.stride, conv.padding, conv.dilation, g)
-    return float(reach.sum()) * (conv.out_channels // g)
+    return reach.flatten(1).sum(1) * (conv.out_channels // g)
 
 
-def _layer_sops(layer: nn.Module, events: torch.Tensor) -> float:
+def _by_step(x: torch.Tensor, timesteps: int, layer: str) -> torch.Tensor:
+    """A folded layer input ``[T*B, ...]`` as ``[T, B, ...]`` (time outermost)."""
+    if x.shape[0] % timesteps:
+        raise ModelError(
+            f"layer {layer!r} got {x.shape[0]} rows, not a multiple of T = {timesteps}; SOPs "
+            "per time-step need time folded into the batch, as SpikingSite does"
+        )
+    return x.view(timesteps, x.shape[0] // timesteps, *x.shape[1:])
+
+
+def _layer_sops(layer: nn.Module, events: torch.Tensor) -> torch.Tensor:
+    """SOPs per step ``[T]`` of ``events[T, B, ...]`` arriving at a conv or linear layer."""
     if isinstance(layer, nn.Conv2d):
         return _conv_sops(layer, events)
-    return float(events.double().sum()) * layer.out_features  # type: ignore[operator]
+    return events.double().flatten(1).sum(1) * layer.out_features  # type: ignore[operator]
 
 
 class _Replay(nn.Module):
@@ -179,8 +191,14 @@ def _swapped(model: nn.Module, replacements: dict[str, nn.Module]) -> Iterator[N
             setattr(parent, child, old)
 
 
+def _until(per_step: dict[str, torch.Tensor], t: int) -> dict[str, float]:
+    """Per layer: the sum of steps ``1..t``."""
+    return {k: float(v[:t].sum()) for k, v in per_step.items()}
+
+
 class _SopCounter:
-    """Running SOP / analog-MAC sums over batches (constant memory across batches)."""
+    """Running SOP / analog-MAC sums per layer and per time-step over batches (constant memory
+    across batches); the figures at any ``t <= T`` are the sums of steps ``1..t``."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model, self.sites = model, _sites(model)
@@ -189,13 +207,19 @@ class _SopCounter:
         if "" in self.sites:
             raise ModelError("SOP counting needs the SpikingSite inside a model, not alone")
         self.layers = _weight_layers(model)
-        self.sops: dict[str, float] = defaultdict(float)
-        self.analog_macs: dict[str, float] = defaultdict(float)
+        self.timesteps = 0
+        self.sops: dict[str, torch.Tensor] = {}  # layer -> [T] float64
+        self.analog_macs: dict[str, torch.Tensor] = {}
         self.images = 0
 
     def update(self, images: torch.Tensor) -> None:
         """Count one batch ``images[B, ...]`` (two forward passes, see module docstring)."""
         images = images.to(_device(self.model))
+        timesteps = next(iter(self.sites.values())).timesteps
+        if self.timesteps and timesteps != self.timesteps:
+            raise ModelError(f"the model ran T = {timesteps} after T = {self.timesteps}; count "
+                             "operations at one T per counter")  # fmt: skip
+        self.timesteps = timesteps
         with _measuring(self.model):
             recorded, dtypes = self._record(images)
             replays = {n: _Replay(recorded[n], dtypes[n]) for n in self.sites}
@@ -220,38 +244,53 @@ class _SopCounter:
 
     def _count_hook(self, name: str):  # type: ignore[no-untyped-def]
         def hook(layer: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            x = inputs[0]
+            x, T = inputs[0], self.timesteps
             if torch.isnan(x).any():  # reached by the analog input: real multiplications
-                self.analog_macs[name] += _macs_per_row(layer, output) * output.shape[0]
+                rows = _by_step(output, T, name).shape[1]  # images per step
+                per_step = torch.full((T,), float(_macs_per_row(layer, output) * rows))
+                self.analog_macs[name] = self.analog_macs.get(name, 0) + per_step.double()
             else:
-                self.sops[name] += _layer_sops(layer, x)
+                per_step = _layer_sops(layer, _by_step(x, T, name)).cpu()
+                self.sops[name] = self.sops.get(name, 0) + per_step
 
         return hook
 
-    def result(self) -> dict[str, Any]:
+    def result(self, t: int | None = None) -> dict[str, Any]:
+        """Per image over steps ``1..t`` (None: all T), and the totals at every t."""
         if self.images == 0:
             raise DataError("no images were given to count synaptic operations on")
-        n = self.images
+        n, t = self.images, self.timesteps if t is None else t
+        if not 1 <= t <= self.timesteps:
+            raise ConfigError(f"t is {t}; expected 1 to the T = {self.timesteps} that ran.")
+        sops, analog = _until(self.sops, t), _until(self.analog_macs, t)
+        steps = range(1, self.timesteps + 1)
         return {
-            "sops_per_image": sum(self.sops.values()) / n,
-            "first_layer_macs_per_image": sum(self.analog_macs.values()) / n,
-            "sops_by_layer": {k: v / n for k, v in self.sops.items()},
-            "first_layer_macs_by_layer": {k: v / n for k, v in self.analog_macs.items()},
+            "sops_per_image": sum(sops.values()) / n,
+            "first_layer_macs_per_image": sum(analog.values()) / n,
+            "sops_by_layer": {k: v / n for k, v in sops.items()},
+            "first_layer_macs_by_layer": {k: v / n for k, v in analog.items()},
+            "sops_by_timestep": {str(s): sum(_until(self.sops, s).values()) / n for s in steps},
+            "first_layer_macs_by_timestep": {
+                str(s): sum(_until(self.analog_macs, s).values()) / n for s in steps
+            },
             "images": n,
+            "timesteps": t,
         }
 
 
-def count_sops(model: nn.Module, images: torch.Tensor) -> dict[str, Any]:
+def count_sops(model: nn.Module, images: torch.Tensor, t: int | None = None) -> dict[str, Any]:
     """Synaptic operations per image of a spiking ``model`` on ``images[B, C, H, W]``.
 
     Returns ``sops_per_image`` (ACs from actual spikes), ``first_layer_macs_per_image``
     (analog layers, counted once per time-step), ``macs_per_image`` (ANN equivalent, one
-    pass), the per-layer splits ``sops_by_layer`` / ``first_layer_macs_by_layer`` and
-    ``images``. Counting rules: module docstring.
+    pass), the per-layer splits ``sops_by_layer`` / ``first_layer_macs_by_layer``, all over
+    the first ``t`` steps (None: the model's T), the totals at every t
+    ``sops_by_timestep`` / ``first_layer_macs_by_timestep`` (``{"1": ..., "T": ...}``, from the
+    same pass), ``timesteps`` (= t) and ``images``. Counting rules: module docstring.
     """
     counter = _SopCounter(model)
     counter.update(images)
-    result = counter.result()
+    result = counter.result(t)
     result["macs_per_image"] = count_macs(model, images.shape[1:])["macs_per_image"]
     return result
 
@@ -281,15 +320,19 @@ def _image_batches(batches: Any, max_batches: int | None) -> Iterator[torch.Tens
 
 
 def measure_snn(
-    model: nn.Module, loader_or_batches: Any, max_batches: int | None = None
+    model: nn.Module, loader_or_batches: Any, max_batches: int | None = None, t: int | None = None
 ) -> dict[str, Any]:
     """All METHODS 3 numbers of one model in one call (for ``spikebridge eval`` and summaries).
 
     ``loader_or_batches``: a DeviceLoader, any iterable of image tensors or
-    ``(images, labels)`` pairs, or one image tensor. A spiking model gives ``firing_rate``,
-    ``firing_rate_by_layer``, ``silent_fraction``, ``sops_per_image``, ``macs_per_image``,
-    ``first_layer_macs_per_image``, ``energy_estimate_uj`` (SNN), ``ann_energy_estimate_uj``
-    and ``energy_note``; an ANN gives the MAC and ANN-energy entries only.
+    ``(images, labels)`` pairs, or one image tensor. A spiking model runs its own T once and
+    gives, over its first ``t`` steps (None: all T; ``measured_timesteps`` says which):
+    ``firing_rate``, ``firing_rate_by_layer``, ``silent_fraction``, ``sops_per_image``,
+    ``first_layer_macs_per_image``, ``energy_estimate_uj`` (SNN); and at every t <= T, from
+    the same pass (spikes of the first t steps are those of a t-step run):
+    ``firing_rate_by_timestep``, ``sops_by_timestep``, ``first_layer_macs_by_timestep``,
+    ``energy_by_timestep`` (SNN, µJ). Both kinds give ``macs_per_image``,
+    ``ann_energy_estimate_uj`` and ``energy_note``; an ANN gives only these.
     """
     batches = _image_batches(loader_or_batches, max_batches)
     first = next(batches, None)
@@ -305,17 +348,54 @@ def measure_snn(
         counter.update(first)
         for images in batches:
             counter.update(images)
-    sops = counter.result()
+    sops = counter.result(t)
+    t = sops["timesteps"]
     energy = energy_estimate(macs, sops["sops_per_image"], sops["first_layer_macs_per_image"])
     return {
-        "firing_rate": monitor.overall_rate(),
-        "firing_rate_by_layer": monitor.rates(),
-        "silent_fraction": monitor.silent_fraction(),
+        "firing_rate": monitor.overall_rate(t),
+        "firing_rate_by_layer": monitor.rates(t),
+        "silent_fraction": monitor.silent_fraction(t),
         "sops_per_image": sops["sops_per_image"],
         "first_layer_macs_per_image": sops["first_layer_macs_per_image"],
         "macs_per_image": macs,
         "energy_estimate_uj": energy["snn_uj"],
         "ann_energy_estimate_uj": energy["ann_uj"],
         "energy_note": ENERGY_NOTE,
+        "measured_timesteps": t,
+        "firing_rate_by_timestep": monitor.rates_by_timestep(),
+        "sops_by_timestep": sops["sops_by_timestep"],
+        "first_layer_macs_by_timestep": sops["first_layer_macs_by_timestep"],
+        "energy_by_timestep": snn_energy_by_timestep(sops),
         "images": sops["images"],
     }
+
+
+def snn_energy_by_timestep(m: dict[str, Any]) -> dict[str, float]:
+    """SNN energy estimate (µJ per image) at every t of ``m["sops_by_timestep"]`` and
+    ``m["first_layer_macs_by_timestep"]`` (METHODS 3: analog MACs · E_MAC + SOPs · E_AC)."""
+    analog = m.get("first_layer_macs_by_timestep") or {}
+    return {
+        t: energy_estimate(0.0, sops, analog.get(t, 0.0))["snn_uj"]
+        for t, sops in m["sops_by_timestep"].items()
+    }
+
+
+def measurement_at(m: dict[str, Any], t: int) -> dict[str, Any] | None:
+    """Firing rate, SOPs, analog MACs and SNN energy per image of a measurement ``m`` (a
+    summary.json / eval.json) over the first ``t`` steps, or None when ``m`` has no figures
+    at that t. Reads the per-t keys, else the top-level figures when ``m`` names their T
+    (``measured_timesteps``; old run folders have only those)."""
+    key = str(t)
+    if key in (m.get("sops_by_timestep") or {}):
+        analog = m.get("first_layer_macs_by_timestep") or {}
+        return {
+            "firing_rate": (m.get("firing_rate_by_timestep") or {}).get(key),
+            "sops_per_image": m["sops_by_timestep"][key],
+            "first_layer_macs_per_image": analog.get(key),
+            "energy_estimate_uj": (m.get("energy_by_timestep") or {}).get(key),
+        }
+    if m.get("sops_per_image") is not None and m.get("measured_timesteps") == t:
+        keys = ("firing_rate", "sops_per_image", "first_layer_macs_per_image",
+                "energy_estimate_uj")  # fmt: skip
+        return {k: m.get(k) for k in keys}
+    return None

@@ -30,7 +30,7 @@ def model_timesteps(model: nn.Module) -> int:
 
 
 @contextmanager
-def _simulating(model: nn.Module, timesteps: int | None) -> Iterator[None]:
+def simulating(model: nn.Module, timesteps: int | None) -> Iterator[None]:
     """Eval mode, and a spiking model set to ``timesteps`` steps (None = its own T), both
     restored on exit."""
     spiking = getattr(model, "spiking", False)
@@ -59,7 +59,7 @@ def evaluate(
     "accuracy_by_timestep": {"1": ..., ..., "T": ...}, "loss_by_timestep": {...},
     "samples": N}``, accuracies as fractions.
     """
-    with _simulating(model, timesteps):
+    with simulating(model, timesteps):
         correct, loss_sum, n = _accumulate(model, loader)
     T = len(correct)
     acc = (correct.double() / max(n, 1)).tolist()
@@ -112,7 +112,7 @@ def per_image_correct(
     """``[T, N]`` bool: is image ``n`` classified right after ``t + 1`` steps (``[1, N]`` for
     an ANN). For paired comparisons of two models on the same images
     (:mod:`spikebridge.analysis.paired`)."""
-    with _simulating(model, timesteps):
+    with simulating(model, timesteps):
         parts = [running_mean(_forward_steps(model, x).float()).argmax(-1) == y for x, y in loader]
     if not parts:
         raise DataError("per_image_correct got a loader with no batches; expected images.")

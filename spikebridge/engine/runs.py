@@ -41,7 +41,7 @@ from spikebridge.data.spec import DATASET_INFO
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import distributed as ddp
 from spikebridge.engine import rundir
-from spikebridge.engine.evaluate import evaluate
+from spikebridge.engine.evaluate import evaluate, simulating
 from spikebridge.engine.tasks import ClassificationTask
 from spikebridge.engine.train import (
     INIT_STREAM,
@@ -241,28 +241,34 @@ class _FirstImages:
 
 
 def measure_run(
-    model: nn.Module, loader: Iterable[Any], max_images: int = MEASURE_IMAGES
+    model: nn.Module,
+    loader: Iterable[Any],
+    max_images: int = MEASURE_IMAGES,
+    timesteps: int | None = None,
+    headline_t: int | None = None,
 ) -> dict[str, Any]:
     """METHODS 3 numbers of ``model`` on the first ``max_images`` images of ``loader``.
 
     ``loader`` yields ``(images[B, C, H, W], labels)`` or image tensors (e.g. the test
-    DeviceLoader, unshuffled). A spiking model is measured at its own T and gives
-    ``firing_rate`` (spikes per neuron per step over all sites, in [0, 1]),
-    ``firing_rate_by_layer``, ``silent_fraction``, ``sops_per_image``,
-    ``first_layer_macs_per_image``, ``macs_per_image`` (the ANN equivalent),
-    ``energy_estimate_uj`` (SNN), ``ann_energy_estimate_uj``, ``energy_note`` and
-    ``measured_timesteps``; an ANN gives ``macs_per_image``, ``ann_energy_estimate_uj`` and
-    ``energy_note``. ``measured_images`` = images used (an ANN's MACs need only one batch).
-    Energies are estimates: E_MAC = 4.6 pJ, E_AC = 0.9 pJ (45 nm, Horowitz 2014).
+    DeviceLoader, unshuffled). A spiking model is simulated once for ``timesteps`` steps
+    (None: its own T; restored afterwards) and gives, at ``measured_timesteps`` =
+    ``headline_t`` (None: the simulated T): ``firing_rate`` (spikes per neuron per step over
+    all sites, in [0, 1]), ``firing_rate_by_layer``, ``silent_fraction``, ``sops_per_image``,
+    ``first_layer_macs_per_image``, ``energy_estimate_uj`` (SNN); and at every t of the
+    pass: ``firing_rate_by_timestep``, ``sops_by_timestep``, ``first_layer_macs_by_timestep``,
+    ``energy_by_timestep``. Both kinds give ``macs_per_image`` (the ANN equivalent),
+    ``ann_energy_estimate_uj`` and ``energy_note``. ``measured_images`` = images used (an
+    ANN's MACs need only one batch). Energies are estimates: E_MAC = 4.6 pJ, E_AC = 0.9 pJ
+    (45 nm, Horowitz 2014).
     """
     if max_images < 1:
         raise ConfigError(f"max_images is {max_images}; expected an integer >= 1.")
     images = _FirstImages(loader, max_images)
-    result = measure_snn(model, images)
+    spiking = getattr(model, "spiking", False)
+    with simulating(model, timesteps if spiking else None):
+        result = measure_snn(model, images, t=headline_t if spiking else None)
     result.pop("images", None)
     result["measured_images"] = images.seen
-    if getattr(model, "spiking", False):
-        result["measured_timesteps"] = int(model.timesteps)
     return result
 
 
@@ -399,8 +405,11 @@ def eval_run(
 ) -> dict:
     """Evaluate a finished run folder's selected model; writes and returns ``eval.json``.
 
-    Adds the :func:`measure_run` numbers (firing rates, SOPs, MACs, energy estimate) of the
-    model at its own T on the first :data:`MEASURE_IMAGES` images of the split.
+    Adds the :func:`measure_run` numbers (firing rates, SOPs, MACs, energy estimate) on the
+    first :data:`MEASURE_IMAGES` images of the split, from one simulation at the largest t
+    asked for: the top-level figures at that t (``measured_timesteps``, the t of
+    ``accuracy``), and per t (``*_by_timestep``) at every reported t, each over the first t
+    steps only (METHODS 3).
 
     ``timesteps``: a single T (report every t <= T), a list (report those t), or None
     (the model's T). All t come from one pass at the largest T (METHODS 3).
@@ -418,9 +427,23 @@ def eval_run(
         "accuracy_by_timestep": {str(t): result["accuracy_by_timestep"][str(t)] for t in wanted},
         "loss_by_timestep": {str(t): result["loss_by_timestep"][str(t)] for t in wanted},
     }  # fmt: skip
-    report.update(measure_run(model, loader))
+    t_max = max(wanted) if model.spiking else None
+    report.update(_only_wanted(measure_run(model, loader, timesteps=t_max), wanted))
     ckpt.write_json(Path(run_dir) / EVAL_FILE, report)
     return report
+
+
+BY_TIMESTEP_KEYS = ("firing_rate_by_timestep", "sops_by_timestep",
+                    "first_layer_macs_by_timestep", "energy_by_timestep")  # fmt: skip
+
+
+def _only_wanted(m: dict[str, Any], wanted: Sequence[int]) -> dict[str, Any]:
+    """``m`` with its per-t measurements cut to the reported t (like the accuracies)."""
+    keep = {str(t) for t in wanted}
+    for key in BY_TIMESTEP_KEYS:
+        if key in m:
+            m[key] = {t: v for t, v in m[key].items() if t in keep}
+    return m
 
 
 def _wanted_timesteps(model: nn.Module, timesteps: Sequence[int] | int | None) -> list[int]:

@@ -17,10 +17,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from spikebridge.analysis import measurement_at
 from spikebridge.analysis.paired import format_paired, paired_rows
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine.evaluate import model_timesteps, per_image_correct
-from spikebridge.engine.runs import resolve_device
+from spikebridge.engine.runs import measure_run, resolve_device
 from spikebridge.errors import ConfigError
 from spikebridge.recipes.conversion import eval_loader, parse_timestep_list, run_data
 
@@ -95,15 +96,60 @@ def compare_against(
     t_max = max(timesteps) if timesteps else max(map(model_timesteps, models))
     wanted = sorted(set(timesteps)) if timesteps else list(range(1, t_max + 1))
     correct_a = per_image_correct(model_a, loader, t_max)  # an ANN ignores t_max
+    ops_a = operations_by_t(measure_run(model_a, loader, timesteps=_sim(model_a, t_max)), wanted)
     results = []
     for run_b, (model_b, _) in zip(runs_b, others, strict=True):
         rows = paired_rows(correct_a, per_image_correct(model_b, loader, t_max), wanted)
+        measured = measure_run(model_b, loader, timesteps=_sim(model_b, t_max))
+        ops_b = operations_by_t(measured, wanted)
+        text = format_paired(rows, str(run_a), str(run_b))
         results.append({
             "run_a": str(run_a), "run_b": str(run_b), "test_images": int(correct_a.shape[-1]),
             "rows": [r.to_dict() for r in rows],
-            "text": format_paired(rows, str(run_a), str(run_b)),
+            "operations": {"a": ops_a, "b": ops_b, "images": measured["measured_images"]},
+            "text": text + "\n" + format_operations(ops_a, ops_b, measured["measured_images"]),
         })  # fmt: skip
     return results
+
+
+def _sim(model: Any, t_max: int) -> int | None:
+    return t_max if getattr(model, "spiking", False) else None
+
+
+def operations_by_t(m: dict[str, Any], wanted: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """Per t: firing rate, operations (SOPs of an SNN over its first t steps, MACs of an ANN)
+    and the energy estimate per image, from a :func:`measure_run` result (METHODS 3)."""
+    out = {}
+    for t in wanted:
+        at = measurement_at(m, t)
+        out[str(t)] = (
+            {"firing_rate": None, "ops_per_image": m["macs_per_image"], "ops": "MACs",
+             "energy_uj": m["ann_energy_estimate_uj"]}
+            if at is None else
+            {"firing_rate": at["firing_rate"], "ops_per_image": at["sops_per_image"],
+             "ops": "SOPs", "energy_uj": at["energy_estimate_uj"]}
+        )  # fmt: skip
+    return out
+
+
+def format_operations(ops_a: dict[str, dict], ops_b: dict[str, dict], images: int) -> str:
+    """Firing rate, operations and energy of A and B at each t, beside the accuracy table."""
+
+    def cell(v: float | None, scale: float = 1.0) -> str:
+        return "-" if v is None else f"{v * scale:.4g}"
+
+    lines = [f"per image over the first t steps ({images} test images; ops: SOPs of an SNN, "
+             "MACs of an ANN; energy: estimate, E_MAC 4.6 pJ, E_AC 0.9 pJ)",
+             f"{'t':>4} {'A rate':>8} {'B rate':>8} {'A ops M':>9} {'B ops M':>9} "
+             f"{'A µJ':>8} {'B µJ':>8}"]  # fmt: skip
+    for t, a in ops_a.items():
+        b = ops_b[t]
+        lines.append(
+            f"{t:>4} {cell(a['firing_rate']):>8} {cell(b['firing_rate']):>8} "
+            f"{cell(a['ops_per_image'], 1e-6):>9} {cell(b['ops_per_image'], 1e-6):>9} "
+            f"{cell(a['energy_uj']):>8} {cell(b['energy_uj']):>8}"
+        )
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- CLI

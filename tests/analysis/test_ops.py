@@ -224,3 +224,63 @@ def test_measure_ann_reports_macs_only_and_errors() -> None:
         count_sops(ann, torch.randn(1, 3, 16, 16))
     with pytest.raises(DataError, match="no image batches"):
         measure_snn(ann, [])
+
+
+# ----------------------------------------------------------------------------- per time-step
+
+
+def _converted_cnn(timesteps: int) -> nn.Module:
+    """A user CNN (conv, ReLU, strided conv, ReLU, linear) converted to IF neurons (robust)."""
+    from spikebridge.methods.convert import convert
+
+    torch.manual_seed(0)
+    ann = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(6, 5, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(5 * 4 * 4, 7),
+    ).eval()  # fmt: skip
+    calibration = torch.rand(32, 1, 8, 8)
+    return convert(ann, "robust", calibration, timesteps)
+
+
+def test_converted_sops_per_t_are_cumulative_and_match_spikes_times_fan_out() -> None:
+    T, images = 8, torch.rand(6, 1, 8, 8)
+    snn = _converted_cnn(T)
+    sites = [m for m in snn.modules() if isinstance(m, SpikingSite)]
+    assert len(sites) == 2
+    recorded: list[torch.Tensor] = []
+    handles = [s.register_forward_hook(lambda _m, _i, out: recorded.append(out != 0))
+               for s in sites]  # fmt: skip
+    result = count_sops(snn, images)
+    for h in handles:
+        h.remove()
+    first, second = (r.view(T, 6, *r.shape[1:]).double() for r in recorded[:2])  # [T, B, ...]
+    for t in (1, 2, 4, 8):  # spikes of the first t steps x fan-out, per image
+        early = first[:t].flatten(0, 1)  # site 1 feeds the 3x3 stride-2 conv with 5 outputs
+        by_hand = 5 * _brute_force_reach(early, 3, 2, 1) + second[:t].sum() * 7  # linear: 7
+        assert result["sops_by_timestep"][str(t)] == pytest.approx(float(by_hand) / 6, rel=1e-12)
+    assert result["sops_per_image"] == result["sops_by_timestep"]["8"]
+    # IF neurons with φ = 0.5 fire at a roughly constant rate: 2 steps cost about a quarter
+    ratio = result["sops_by_timestep"]["2"] / result["sops_by_timestep"]["8"]
+    assert 0.2 < ratio < 0.3, ratio
+    stem = result["first_layer_macs_by_timestep"]  # the analog stem: the same MACs each step
+    assert stem["2"] == pytest.approx(stem["8"] / 4) and stem["1"] == 6 * 8 * 8 * 9
+
+
+def test_figures_at_t_equal_a_run_of_t_steps() -> None:
+    # spikes are causal: the first t steps of a T-step pass are a t-step run (METHODS 3)
+    images = torch.rand(4, 1, 8, 8)
+    long, short = measure_snn(_converted_cnn(8), images), measure_snn(_converted_cnn(3), images)
+    assert long["measured_timesteps"] == 8 and short["measured_timesteps"] == 3
+    for by_t, top in (("sops_by_timestep", "sops_per_image"),
+                      ("energy_by_timestep", "energy_estimate_uj"),
+                      ("firing_rate_by_timestep", "firing_rate"),
+                      ("first_layer_macs_by_timestep", "first_layer_macs_per_image")):  # fmt: skip
+        assert long[by_t]["3"] == pytest.approx(short[top], rel=1e-12), by_t
+    e = energy_estimate(0, long["sops_by_timestep"]["3"], long["first_layer_macs_by_timestep"]["3"])
+    assert long["energy_by_timestep"]["3"] == pytest.approx(e["snn_uj"])
+    at3 = measure_snn(_converted_cnn(8), images, t=3)  # the top-level figures at t = 3
+    assert at3["measured_timesteps"] == 3
+    for key in ("sops_per_image", "firing_rate", "silent_fraction", "energy_estimate_uj"):
+        assert at3[key] == pytest.approx(short[key], rel=1e-12), key
+    assert at3["firing_rate_by_layer"] == pytest.approx(short["firing_rate_by_layer"])

@@ -27,6 +27,8 @@ SNN_KEYS = {
     "firing_rate", "firing_rate_by_layer", "silent_fraction", "sops_per_image",
     "first_layer_macs_per_image", "macs_per_image", "energy_estimate_uj",
     "ann_energy_estimate_uj", "energy_note", "measured_images", "measured_timesteps",
+    "firing_rate_by_timestep", "sops_by_timestep", "first_layer_macs_by_timestep",
+    "energy_by_timestep",
 }  # fmt: skip
 ANN_KEYS = {"macs_per_image", "ann_energy_estimate_uj", "energy_note", "measured_images"}
 SYNTHETIC_TEST_IMAGES = 256  # make_synthetic's test split; fewer than MEASURE_IMAGES
@@ -52,7 +54,7 @@ def read(run, name="summary.json"):
     return json.loads((run / name).read_text())
 
 
-def check_snn_measurement(m, model):
+def check_snn_measurement(m, model, timesteps=2):
     assert set(m) >= SNN_KEYS
     assert m["sops_per_image"] > 0 and m["first_layer_macs_per_image"] > 0
     assert 0 <= m["firing_rate"] <= 1 and 0 <= m["silent_fraction"] <= 1
@@ -66,7 +68,12 @@ def check_snn_measurement(m, model):
     assert math.isclose(m["energy_estimate_uj"], energy["snn_uj"], rel_tol=1e-12)
     assert math.isclose(m["ann_energy_estimate_uj"], energy["ann_uj"], rel_tol=1e-12)
     assert m["measured_images"] == min(SYNTHETIC_TEST_IMAGES, MEASURE_IMAGES)
-    assert m["measured_timesteps"] == 2
+    assert m["measured_timesteps"] == timesteps
+    # the top-level figures are those of the last t, named beside them
+    last = str(timesteps)
+    assert m["sops_by_timestep"][last] == pytest.approx(m["sops_per_image"], rel=1e-12)
+    assert m["energy_by_timestep"][last] == pytest.approx(m["energy_estimate_uj"], rel=1e-12)
+    assert m["firing_rate_by_timestep"][last] == pytest.approx(m["firing_rate"], rel=1e-12)
 
 
 def test_snn_summary_has_measurement(snn_run):
@@ -84,16 +91,33 @@ def test_ann_summary_has_macs_and_ann_energy_only(ann_run):
     assert math.isclose(summary["ann_energy_estimate_uj"], expected, rel_tol=1e-12)
 
 
-def test_eval_writes_and_prints_measurement(snn_run, capsys):
+def test_eval_measures_at_the_t_it_reports_and_each_t_over_its_first_steps(snn_run, capsys):
+    # the model was trained (and its summary measured) at T = 2; eval at 3 simulates 3 steps
     assert main(["eval", str(snn_run), "--timesteps", "3", "--device", "cpu"]) == 0
     report = read(snn_run, "eval.json")
     model, _ = load_run(snn_run)
-    check_snn_measurement(report, model)
-    # the same weights and images as the summary's measurement: identical numbers
+    check_snn_measurement(report, model, timesteps=3)
+    assert sorted(report["sops_by_timestep"]) == ["1", "2", "3"]
+    # t = 2 of the 3-step pass uses the first 2 steps only: it equals the summary's T = 2 run
     summary = read(snn_run)
-    assert report["sops_per_image"] == pytest.approx(summary["sops_per_image"], rel=1e-9)
+    for by_t, top in (("sops_by_timestep", "sops_per_image"),
+                      ("energy_by_timestep", "energy_estimate_uj"),
+                      ("firing_rate_by_timestep", "firing_rate")):  # fmt: skip
+        assert report[by_t]["2"] == pytest.approx(summary[top], rel=1e-9), by_t
+    assert report["sops_by_timestep"]["3"] > report["sops_by_timestep"]["2"]
     out = capsys.readouterr().out
     assert "SOPs/image" in out and "firing rate" in out and "estimate" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:6].strip()
+            in {"1", "2", "3"}}  # fmt: skip
+    assert rows["2"][5] == f"{summary['sops_per_image'] * 1e-6:.4g}"  # printed at its own t
+
+
+def test_eval_of_a_list_reports_the_measurement_at_those_t_only(snn_run):
+    assert main(["eval", str(snn_run), "--timesteps", "1,2", "--device", "cpu"]) == 0
+    report = read(snn_run, "eval.json")
+    assert report["measured_timesteps"] == 2 and sorted(report["energy_by_timestep"]) == ["1", "2"]
+    summary = read(snn_run)
+    assert report["sops_per_image"] == pytest.approx(summary["sops_per_image"], rel=1e-9)
 
 
 def test_measure_run_stops_at_max_images_and_matches_measure_snn():

@@ -61,9 +61,17 @@ def test_convert_cli_writes_a_summary_with_every_t_up_to_the_largest(ann_runs, t
     assert 0.0 <= summary["ann_accuracy"] <= 1.0
     assert 0.0 <= summary["firing_rate"] <= 1.0 and summary["sops_per_image"] > 0
     assert summary["measured_timesteps"] == 5  # robust: measured at the deployment T
+    # firing, SOPs and energy at every t <= 5 from the same pass, the headline at its T
+    for key in ("sops_by_timestep", "energy_by_timestep", "firing_rate_by_timestep"):
+        assert list(summary[key]) == ["1", "2", "3", "4", "5"], key
+    assert summary["sops_by_timestep"]["5"] == summary["sops_per_image"]
+    sops = [summary["sops_by_timestep"][t] for t in ("1", "2", "5")]
+    assert sops == sorted(sops)  # cumulative counts: more steps, more operations
     assert (out / "conversion.md").read_text().startswith("# Conversion of")
     printed = capsys.readouterr().out
     assert "T=5" in printed and "T=3" not in printed  # the table shows the requested T only
+    ops_row = next(line for line in printed.splitlines() if line.startswith("ops M"))
+    assert ops_row.split()[-1] == f"{summary['sops_by_timestep']['5'] * 1e-6:.3g}"
 
 
 def test_converted_run_reloads_and_gives_the_same_outputs(ann_runs, tmp_path):
@@ -187,7 +195,14 @@ def test_compare_scores_both_runs_on_the_same_images(ann_runs, tmp_path, capsys)
     for row in result["rows"]:  # the same accuracies convert_run measured, now paired
         assert math.isclose(row["acc_b"], summary["accuracy_by_timestep"][str(row["t"])])
         assert math.isclose(row["acc_a"], summary["ann_accuracy"])
-    assert "McNemar p" in capsys.readouterr().out
+    ops = result["operations"]
+    for t in ("1", "3"):  # B's operations at each t: the ones convert_run measured at that t
+        assert ops["b"][t]["ops_per_image"] == pytest.approx(summary["sops_by_timestep"][t])
+        assert ops["b"][t]["energy_uj"] == pytest.approx(summary["energy_by_timestep"][t])
+        assert ops["a"][t]["ops"] == "MACs"  # A is the ANN: the same MACs at every t
+        assert ops["a"][t]["ops_per_image"] == summary["macs_per_image"]
+    printed = capsys.readouterr().out
+    assert "McNemar p" in printed and "B ops M" in printed
     # A run against itself: no disagreement, p = 1.
     assert main(["compare", str(conv), str(conv), "--json", str(out), "--device", "cpu"]) == 0
     assert all(r["a_only"] == r["b_only"] == 0 and r["p_value"] == 1.0
