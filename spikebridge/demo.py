@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from spikebridge.analysis import measurement_at
 from spikebridge.engine.checkpoint import read_json
 from spikebridge.engine.rundir import validate_run_dir
 from spikebridge.engine.runs import train_run
@@ -76,23 +77,20 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
     return read_json(run_dir / "summary.json")
 
 
-MEASURED_KEYS = ("firing_rate", "sops_per_image", "energy_estimate_uj")
-
-
 def _row(name: str, s: dict[str, Any], t: int) -> dict[str, Any]:
+    """One table row: a spiking run at ``t`` (accuracy, firing rate, SOPs and energy over the
+    first t steps, METHODS 3; none where the run has no figures at that t), an ANN at T = 1."""
     by_t = s.get("accuracy_by_timestep") or {}
     acc = by_t.get(str(t), s.get("test_accuracy")) if by_t else s.get("test_accuracy")
-    measured_t = s.get("measured_timesteps")
-    if measured_t is not None and measured_t != t:  # operations were measured at another T
-        s = {k: v for k, v in s.items() if k not in MEASURED_KEYS}
+    m = (measurement_at(s, t) or {}) if by_t else {}
     return {
         "network": name,
         "T": t if by_t else "-",
         "test_accuracy": acc,
-        "firing_rate": s.get("firing_rate"),
-        "sops_per_image": s.get("sops_per_image"),
+        "firing_rate": m.get("firing_rate"),
+        "sops_per_image": m.get("sops_per_image"),
         "macs_per_image": s.get("macs_per_image"),
-        "energy_uj": s.get("energy_estimate_uj") if by_t else s.get("ann_energy_estimate_uj"),
+        "energy_uj": m.get("energy_estimate_uj") if by_t else s.get("ann_energy_estimate_uj"),
         "train_time_s": s.get("train_time_s"),
         "test_images": s.get("test_samples"),
     }

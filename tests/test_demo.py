@@ -24,6 +24,17 @@ def test_snn_rows_take_the_accuracy_at_their_t_and_operations_only_at_the_measur
     assert at8["sops_per_image"] is None and at8["energy_uj"] is None
 
 
+def test_rows_of_a_run_measured_per_t_take_the_figures_at_their_own_t():
+    per_t = {**SNN, "sops_by_timestep": {"1": 0.4e6, "4": 2e6, "8": 4.1e6},
+             "energy_by_timestep": {"1": 0.5, "4": 1.8, "8": 3.7},
+             "firing_rate_by_timestep": {"1": 0.1, "4": 0.2, "8": 0.21}}  # fmt: skip
+    rows = {t: _row("snn", per_t, t) for t in (1, 4, 8)}
+    assert [rows[t]["sops_per_image"] for t in (1, 4, 8)] == [0.4e6, 2e6, 4.1e6]
+    assert [rows[t]["energy_uj"] for t in (1, 4, 8)] == [0.5, 1.8, 3.7]
+    assert [rows[t]["firing_rate"] for t in (1, 4, 8)] == [0.1, 0.2, 0.21]
+    assert "| snn | 8 | 80.00 % | 3200 | 0.210 | 4.10 M |" in format_table([rows[8]])
+
+
 def test_ann_rows_show_the_ann_energy_and_the_table_prints_percentages():
     row = _row("ann", ANN, 1)
     assert (row["T"], row["energy_uj"]) == ("-", 23.0)

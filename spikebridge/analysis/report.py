@@ -30,14 +30,28 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from spikebridge.analysis.figures import (
+    CHANCE_MARGIN,
+    EnergySides,
+    References,
+    plot_curves,
+    plot_firing_rates,
+    plot_operations,
+    plot_timesteps,
+    ratio_withheld,
+)
+from spikebridge.analysis.ops import measurement_at
 from spikebridge.errors import DataError
+
+__all__ = [
+    "plot_curves", "plot_firing_rates", "plot_operations", "plot_timesteps", "write_report",
+]  # fmt: skip
 
 REPORT_FILE = "report.md"
 METRICS_FILE = "metrics.jsonl"
 ERRORS_CSV = "errors.csv"
 # Files searched (in this order) for the measurement numbers of firing rates and operations.
 MEASUREMENT_SOURCES = ("summary.json", "eval.json")
-DPI = 120
 
 
 @dataclass
@@ -88,58 +102,6 @@ def _json_line(path: Path, number: int, line: str) -> Any:
         ) from None
 
 
-# ----------------------------------------------------------------------------- figures
-
-
-def _figure(n_axes: int, width: float, height: float) -> tuple[Any, list[Any]]:
-    """A matplotlib Figure on an Agg canvas with ``n_axes`` side-by-side axes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n_axes)
-    return fig, list(axes) if n_axes > 1 else [axes]
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    return path
-
-
-def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    """Epochs and values of ``key`` where it is a number."""
-    pairs = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-def plot_curves(records: list[dict[str, Any]], path: Path) -> Path:
-    """Loss, accuracy (%) and learning rate per epoch from ``metrics.jsonl`` records."""
-    fig, (loss_ax, acc_ax, lr_ax) = _figure(3, 14, 4)
-    loss_keys = [k for k in records[0] if k.endswith("loss")]
-    for key in loss_keys:
-        epochs, values = _series(records, key)
-        if epochs:
-            loss_ax.plot(epochs, values, marker="o", ms=3, label=key.replace("_", " "))
-    loss_ax.set(xlabel="epoch", ylabel="loss (cross-entropy, nats)", title="Loss per epoch")
-    for split in ("train", "val", "test"):
-        epochs, values = _series(records, f"{split}_accuracy")
-        if epochs:
-            acc_ax.plot(epochs, [100 * v for v in values], marker="o", ms=3, label=split)
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy per epoch")
-    epochs, values = _series(records, "lr")
-    lr_ax.plot(epochs, values, marker="o", ms=3, color="tab:green", label="lr at epoch start")
-    lr_ax.set(xlabel="epoch", ylabel="learning rate", title="Learning rate")
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in (loss_ax, acc_ax, lr_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
 def timestep_curves(run: RunFiles) -> dict[str, dict[int, float]]:
     """Label -> {t: accuracy} for every result (or one level of nested results) with
     ``accuracy_by_timestep``; labels name the file (and split or nested key)."""
@@ -155,70 +117,6 @@ def timestep_curves(run: RunFiles) -> dict[str, dict[int, float]]:
                 name = f"{name} ({split} split)" if isinstance(split, str) else name
                 curves[name] = {int(t): float(a) for t, a in by_t.items()}
     return curves
-
-
-def plot_timesteps(
-    curves: dict[str, dict[int, float]], path: Path, ann_accuracy: float | None = None
-) -> Path:
-    """Accuracy (%) against the number of simulated time-steps t, one line per source
-    (distinct line styles, so identical curves stay visible); the ANN as a dashed level."""
-    from matplotlib.ticker import MaxNLocator
-
-    fig, (ax,) = _figure(1, 7, 4.5)
-    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
-    for i, (label, by_t) in enumerate(curves.items()):
-        ts, (ls, marker) = sorted(by_t), styles[i % len(styles)]
-        ax.plot(ts, [100 * by_t[t] for t in ts], ls=ls, marker=marker, ms=5, label=label)
-    if ann_accuracy is not None:
-        ax.axhline(100 * ann_accuracy, color="gray", ls="--", label="ANN (before conversion)")
-    ax.set(
-        xlabel="time-steps t (simulation steps)",
-        ylabel="accuracy (%)",
-        title="Accuracy after t time-steps (running mean of outputs)",
-    )
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def plot_firing_rates(rates: dict[str, float], path: Path, overall: float | None) -> Path:
-    """Horizontal bars: spikes per neuron per step of each site, input to output."""
-    names = list(rates)
-    fig, (ax,) = _figure(1, 8, max(3.0, 0.28 * len(names) + 1.5))
-    ax.barh(range(len(names)), [rates[n] for n in names], color="tab:blue", label="site")
-    if overall is not None and math.isfinite(overall):
-        ax.axvline(overall, color="tab:red", ls="--", label=f"all sites: {overall:.3f}")
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.invert_yaxis()  # the first site (stem) on top
-    ax.set(
-        xlabel="firing rate (spikes per neuron per time-step)",
-        ylabel="spiking site",
-        title="Firing rate per layer",
-    )
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def plot_operations(m: dict[str, Any], path: Path) -> Path:
-    """Bars: MACs (ANN) vs SOPs + analog first-layer MACs (SNN) per image; energy in µJ."""
-    fig, (ops_ax, energy_ax) = _figure(2, 11, 4.5)
-    sops, first = m["sops_per_image"] / 1e6, (m.get("first_layer_macs_per_image") or 0) / 1e6
-    ops_ax.bar(["ANN"], [m["macs_per_image"] / 1e6], color="tab:orange", label="MACs (ANN)")
-    ops_ax.bar(["SNN"], [first], color="tab:red", label="first-layer MACs (SNN, analog)")
-    ops_ax.bar(["SNN"], [sops], bottom=[first], color="tab:blue", label="SOPs (SNN, ACs)")
-    ops_ax.set(ylabel="operations per image (millions)", title="Operations per image")
-    energy = [m["ann_energy_estimate_uj"], m["energy_estimate_uj"]]
-    energy_ax.bar(["ANN", "SNN"], energy, color=["tab:orange", "tab:blue"])
-    energy_ax.set(
-        ylabel="energy per image (µJ, estimate)",
-        title="Energy estimate: E_MAC 4.6 pJ, E_AC 0.9 pJ (45 nm)",
-    )
-    for ax in (ops_ax, energy_ax):
-        ax.grid(axis="y", alpha=0.3)
-    ops_ax.legend(fontsize=8)
-    return _save(fig, path)
 
 
 def read_error_table(csv_path: Path, timesteps: int) -> Any:
@@ -240,6 +138,25 @@ def _number(value: Any, scale: float = 1.0, unit: str = "", digits: int = 4) -> 
     return f"{value * scale:.{digits}g}{unit}"
 
 
+def run_references(run: RunFiles) -> References:
+    """Chance level (the model's classes, else the dataset's) and the reference network of
+    a run: the ANN a converted run came from, or a distilled run's teacher."""
+    from spikebridge.data.spec import DATASET_INFO
+
+    config = run.results.get("config", {})
+    classes = config.get("model", {}).get("num_classes")
+    if not isinstance(classes, int) or classes < 2:
+        info = DATASET_INFO.get(config.get("data", {}).get("dataset"))
+        classes = info.num_classes if info is not None else None
+    summary = run.results.get("summary", {})
+    reference = None
+    if isinstance(summary.get("ann_accuracy"), (int, float)):
+        reference = ("ANN before conversion", float(summary["ann_accuracy"]))
+    elif isinstance(summary.get("teacher_accuracy"), (int, float)):
+        reference = ("teacher ANN", float(summary["teacher_accuracy"]))
+    return References(classes, reference)
+
+
 def _section_overview(run: RunFiles) -> list[str]:
     config = run.results.get("config", {})
     model, data = config.get("model", {}), config.get("data", {})
@@ -252,12 +169,15 @@ def _section_overview(run: RunFiles) -> list[str]:
         f"| kind | {kind} |",
         f"| dataset | {data.get('dataset', 'n/a')} |",
     ]
-    summary = run.results.get("summary", {})
+    summary, refs = run.results.get("summary", {}), run_references(run)
+    if refs.chance is not None:
+        lines.append(f"| chance level (1/{refs.num_classes}) | {_number(refs.chance, 100, ' %')} |")
     for key, label in (
         ("test_accuracy", "test accuracy (selected on validation)"),
         ("val_accuracy", "validation accuracy"),
         ("best_test_accuracy", "best test over epochs (paper comparison)"),
         ("ann_accuracy", "ANN accuracy before conversion"),
+        ("teacher_accuracy", "teacher ANN test accuracy"),
     ):
         if key in summary:
             lines.append(f"| {label} | {_number(summary[key], 100, ' %')} |")
@@ -274,7 +194,7 @@ def _section_curves(run: RunFiles) -> list[str]:
     lines = ["## Training curves", ""]
     if not run.metrics:
         return [*lines, f"No `{METRICS_FILE}` in this folder: no training curves.", ""]
-    plot_curves(run.metrics, run.path / "curves.png")
+    plot_curves(run.metrics, run.path / "curves.png", run_references(run))
     last = run.metrics[-1]
     return [
         *lines,
@@ -295,15 +215,30 @@ def _section_timesteps(run: RunFiles) -> list[str]:
             "No result file has `accuracy_by_timestep` (ANN run, or not evaluated).",
             "",
         ]
-    ann = run.first_with("ann_accuracy")
-    plot_timesteps(
-        curves, run.path / "accuracy_by_timestep.png", ann[1]["ann_accuracy"] if ann else None
-    )
+    plot_timesteps(curves, run.path / "accuracy_by_timestep.png", run_references(run))
     lines += ["![accuracy by time-step](accuracy_by_timestep.png)", ""]
     for label, by_t in curves.items():
         cells = "  ".join(f"t={t}: {_number(by_t[t], 100, ' %')}" for t in sorted(by_t))
         lines.append(f"- {label}: {cells}")
     return [*lines, ""]
+
+
+def _measured_t(run: RunFiles, m: dict[str, Any]) -> int | None:
+    """The T of a measurement's top-level figures (old folders: the run's T)."""
+    for value in (m.get("measured_timesteps"), run.results.get("summary", {}).get("timesteps"),
+                  run.results.get("config", {}).get("model", {}).get("timesteps")):  # fmt: skip
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def accuracy_at(run: RunFiles, m: dict[str, Any], t: int | None) -> float | None:
+    """Accuracy after ``t`` steps: from the measurement's own file, else the run's summary."""
+    for source in (m, run.results.get("summary", {})):
+        value = (source.get("accuracy_by_timestep") or {}).get(str(t))
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
 
 
 def _section_firing(run: RunFiles) -> list[str]:
@@ -312,18 +247,68 @@ def _section_firing(run: RunFiles) -> list[str]:
     if found is None:
         return [*lines, "No firing rates recorded (ANN run, or a run made before measurement).", ""]
     stem, m = found
-    plot_firing_rates(
-        m["firing_rate_by_layer"], run.path / "firing_rates.png", m.get("firing_rate")
-    )
+    t, images = _measured_t(run, m), m.get("measured_images")
+    plot_firing_rates(m["firing_rate_by_layer"], run.path / "firing_rates.png",
+                      m.get("firing_rate"), t, images)  # fmt: skip
     return [
         *lines,
         "![firing rates](firing_rates.png)",
         "",
-        f"From `{stem}.json` ({m.get('measured_images', 'n/a')} images): overall "
-        f"{_number(m.get('firing_rate'))} spikes per neuron per step; silent neurons "
-        f"(never fired): {_number(m.get('silent_fraction'), 100, ' %')}.",
+        f"From `{stem}.json`, at T = {t if t is not None else 'n/a'} ({images or 'n/a'} images): "
+        f"overall {_number(m.get('firing_rate'))} spikes per neuron per step; silent neurons "
+        f"(no spike in those steps): {_number(m.get('silent_fraction'), 100, ' %')}.",
         "",
     ]
+
+
+def energy_sides(run: RunFiles, m: dict[str, Any]) -> EnergySides:
+    """Both sides of the run's energy comparison: the SNN at its measured T with its
+    accuracy there; the ANN trained (a converted run's source) or a MAC count only."""
+    t = _measured_t(run, m) or 0
+    ann = run.results.get("summary", {}).get("ann_accuracy")
+    ann = float(ann) if isinstance(ann, (int, float)) else None
+    return EnergySides(t, accuracy_at(run, m, t), ann, ann is not None)
+
+
+def _comparison_line(sides: EnergySides, m: dict[str, Any], refs: References) -> str:
+    """One sentence: both sides with T and accuracy, then the ratio or why it is withheld."""
+    snn, ann = m.get("energy_estimate_uj"), m.get("ann_energy_estimate_uj")
+    ann_side = (f"the trained ANN (T = 1, accuracy {_number(sides.ann_accuracy, 100, ' %')})"
+                if sides.ann_trained else "an ANN of the same architecture (a MAC count: no "
+                "ANN was trained for this run, so its accuracy is unknown)")  # fmt: skip
+    line = (f"SNN at T = {sides.timesteps} (accuracy {_number(sides.snn_accuracy, 100, ' %')}): "
+            f"{_number(snn, 1, ' µJ')} per image, against {_number(ann, 1, ' µJ')} for "
+            f"{ann_side}.")  # fmt: skip
+    withheld = ratio_withheld(sides.snn_accuracy, refs, sides.ann_accuracy)
+    if withheld is not None:
+        return f"{line} **No energy ratio is given**: {withheld}."
+    return f"{line} ANN / SNN energy: {_number(ann / snn if snn else None, 1, 'x', 3)}."
+
+
+def _per_t_table(run: RunFiles, stem: str, m: dict[str, Any], refs: References) -> list[str]:
+    """Accuracy, firing rate, SOPs and energy at every t of a measurement (each over the
+    first t steps), the ratio only where :func:`ratio_withheld` allows it."""
+    by_t = m.get("sops_by_timestep") or {}
+    if not by_t:
+        return [f"`{stem}.json` has figures at T = {_measured_t(run, m)} only (made before "
+                "per-t measurement).", ""]  # fmt: skip
+    ann_acc = run.results.get("summary", {}).get("ann_accuracy")
+    lines = [f"Per time-step, from `{stem}.json` (every figure over the first t steps, "
+             f"{m.get('measured_images', 'n/a')} images):", "",
+             "| t | accuracy | firing rate | SOPs / image | SNN energy (µJ) | ANN / SNN energy |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for t in sorted(by_t, key=int):
+        at, acc = measurement_at(m, int(t)) or {}, accuracy_at(run, m, int(t))
+        snn = at.get("energy_estimate_uj")
+        withheld = ratio_withheld(acc, refs, ann_acc)
+        ratio = "withheld" if withheld or not snn else f"{m['ann_energy_estimate_uj'] / snn:.3g}x"
+        lines.append(f"| {t} | {_number(acc, 100, ' %')} | {_number(at.get('firing_rate'))} | "
+                     f"{_number(at.get('sops_per_image'), 1e-6, ' M')} | {_number(snn)} | "
+                     f"{ratio} |")  # fmt: skip
+    ann_side = "the trained ANN" if ann_acc is not None else "a MAC count of the same architecture"
+    return [*lines, "", f"ANN / SNN energy: against {ann_side}; withheld where the SNN is below "
+            f"chance + {100 * CHANCE_MARGIN:.0f} points or below half the trained ANN's accuracy "
+            "(such a network is cheap because it barely fires).", ""]  # fmt: skip
 
 
 def _section_operations(run: RunFiles) -> list[str]:
@@ -342,14 +327,21 @@ def _section_operations(run: RunFiles) -> list[str]:
     ]
     if m.get("sops_per_image") is None:
         return [*lines, "", "ANN run: no synaptic operations, so no SOPs-vs-MACs figure.", ""]
-    plot_operations(m, run.path / "operations.png")
+    refs, sides = run_references(run), energy_sides(run, m)
+    plot_operations(m, run.path / "operations.png", sides, refs)
+    t = sides.timesteps
     lines += [
-        f"| SNN SOPs (accumulates) | {_number(m['sops_per_image'], 1e-6, ' M')} |",
-        f"| SNN first-layer MACs (analog input) | "
+        f"| SNN SOPs (accumulates), T = {t} | {_number(m['sops_per_image'], 1e-6, ' M')} |",
+        f"| SNN first-layer MACs (analog input), T = {t} | "
         f"{_number(m.get('first_layer_macs_per_image'), 1e-6, ' M')} |",
-        f"| SNN energy estimate | {_number(m.get('energy_estimate_uj'), 1, ' µJ')} |",
+        f"| SNN energy estimate, T = {t} | {_number(m.get('energy_estimate_uj'), 1, ' µJ')} |",
     ]
-    return [*lines, "", "![operations](operations.png)", ""]
+    lines += ["", _comparison_line(sides, m, refs), "", "![operations](operations.png)", ""]
+    for source in MEASUREMENT_SOURCES:
+        other = run.results.get(Path(source).stem, {})
+        if other.get("sops_per_image") is not None:
+            lines += _per_t_table(run, Path(source).stem, other, refs)
+    return lines
 
 
 def _error_timesteps(run: RunFiles) -> int:
@@ -410,7 +402,8 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 def format_measurement(m: dict[str, Any]) -> str:
-    """Compact lines of the :func:`~spikebridge.engine.runs.measure_run` numbers."""
+    """Compact lines of the :func:`~spikebridge.engine.runs.measure_run` numbers, the SNN's
+    named with the T they belong to (``measured_timesteps``)."""
     if "macs_per_image" not in m:
         return ""
     lines = [
@@ -418,16 +411,16 @@ def format_measurement(m: dict[str, Any]) -> str:
         f"ANN energy {_number(m.get('ann_energy_estimate_uj'), 1, ' µJ')} (estimate)"
     ]
     if m.get("sops_per_image") is not None:
+        at = f"SNN at T = {m.get('measured_timesteps', 'n/a')}"
         lines.insert(
             0,
-            f"firing rate {_number(m.get('firing_rate'))} spikes/neuron/step   "
+            f"{at}: firing rate {_number(m.get('firing_rate'))} spikes/neuron/step   "
             f"silent fraction {_number(m.get('silent_fraction'))} (neurons that never fired)   "
-            f"(measured on {m.get('measured_images')} images, T = "
-            f"{m.get('measured_timesteps')})",
+            f"(measured on {m.get('measured_images')} images)",
         )
         lines.append(
-            f"SNN SOPs/image {_number(m['sops_per_image'], 1e-6, ' M')}   "
-            f"SNN energy {_number(m.get('energy_estimate_uj'), 1, ' µJ')} (estimate; "
+            f"{at}: SOPs/image {_number(m['sops_per_image'], 1e-6, ' M')}   "
+            f"energy {_number(m.get('energy_estimate_uj'), 1, ' µJ')} (estimate; "
             "E_MAC 4.6 pJ, E_AC 0.9 pJ, 45 nm, Horowitz 2014)"
         )
     return "\n".join(lines)
