@@ -151,10 +151,18 @@ def plot_curves(records: list[dict[str, Any]], path: Path, refs: References = Re
     """Loss, accuracy (%, 0-100, chance and reference lines) and learning rate per epoch
     from ``metrics.jsonl`` records."""
     fig, (loss_ax, acc_ax, lr_ax) = _figure(3, 15, 4.5)
+    highest = 0.0
     for key in [k for k in records[0] if k.endswith("loss")]:
         epochs, values = _series(records, key)
         if epochs:
             loss_ax.plot(epochs, values, marker="o", ms=4, label=key.replace("_", " "))
+            highest = max(highest, *values)
+    if refs.num_classes:  # the loss of a uniform guess: a loss near it has learned nothing
+        uniform = math.log(refs.num_classes)
+        loss_ax.axhline(uniform, color="black", ls=":", lw=1,
+                        label=f"uniform guess: ln {refs.num_classes} = {uniform:.2f}")  # fmt: skip
+        highest = max(highest, uniform)
+    loss_ax.set_ylim(0, 1.1 * highest if math.isfinite(highest) and highest > 0 else None)
     loss_ax.set(xlabel="epoch", ylabel="loss (cross-entropy, nats)", title="Loss per epoch")
     for split in ("train", "val", "test"):
         epochs, values = _series(records, f"{split}_accuracy")
@@ -164,12 +172,14 @@ def plot_curves(records: list[dict[str, Any]], path: Path, refs: References = Re
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy per epoch")
     epochs, values = _series(records, "lr")
     lr_ax.plot(epochs, values, marker="o", ms=4, color="tab:green", label="lr at epoch start")
+    lr_ax.set_ylim(bottom=0)
     lr_ax.set(xlabel="epoch", ylabel="learning rate", title="Learning rate")
     all_epochs = sorted({r["epoch"] for r in records if isinstance(r.get("epoch"), int)})
-    for ax in (loss_ax, acc_ax, lr_ax):
+    # where curves seldom are: low losses come late (right), accuracies rise to the right
+    for ax, where in ((loss_ax, "lower left"), (acc_ax, "center right"), (lr_ax, "lower right")):
         integer_ticks(ax, all_epochs)  # epochs are whole numbers
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc=where)
     return _save(fig, path)
 
 
@@ -232,7 +242,8 @@ def plot_operations(m: dict[str, Any], path: Path, sides: EnergySides, refs: Ref
     ops_ax.bar([snn_x], [sops], bottom=[first], color="tab:blue", label="SOPs (SNN, ACs)")
     ops_ax.set(ylabel="operations per image (millions)", title="Operations per image")
     ann_uj, snn_uj = m["ann_energy_estimate_uj"], m["energy_estimate_uj"]
-    energy_ax.bar([ann_x, snn_x], [ann_uj, snn_uj], color=["tab:orange", "tab:blue"])
+    bars = energy_ax.bar([ann_x, snn_x], [ann_uj, snn_uj], color=["tab:orange", "tab:blue"])
+    energy_ax.bar_label(bars, [f"{ann_uj:.3g} µJ", f"{snn_uj:.3g} µJ"], fontsize=8)
     energy_ax.set(
         ylabel="energy per image (µJ, estimate)",
         title="Energy estimate: E_MAC 4.6 pJ, E_AC 0.9 pJ (45 nm)",
@@ -240,7 +251,7 @@ def plot_operations(m: dict[str, Any], path: Path, sides: EnergySides, refs: Ref
     energy_ax.set_ylim(0, max(ann_uj, snn_uj) * 1.3)
     withheld = ratio_withheld(sides.snn_accuracy, refs, sides.ann_accuracy)
     text = (
-        f"ANN / SNN energy: {ann_uj / snn_uj:.1f}x"
+        f"ANN / SNN energy: {ann_uj / snn_uj:.3g}x"
         if withheld is None and snn_uj > 0
         else "ratio withheld: " + (withheld or "the SNN used no energy")
     )

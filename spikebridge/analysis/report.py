@@ -6,10 +6,17 @@
   (``metrics.jsonl``);
 - ``accuracy_by_timestep.png``: test accuracy after t steps, one line per result file that
   has ``accuracy_by_timestep`` (``summary.json``, ``eval.json``, conversion summaries, ...);
-- ``firing_rates.png``: spikes per neuron per step of every spiking site;
+- ``firing_rates.png``: spikes per neuron per step of every spiking site, at the T named in
+  its title;
 - ``operations.png``: ANN MACs vs SNN synaptic operations per image, and the energy
-  estimate (E_MAC = 4.6 pJ, E_AC = 0.9 pJ, 45 nm, Horowitz 2014);
+  estimate (E_MAC = 4.6 pJ, E_AC = 0.9 pJ, 45 nm, Horowitz 2014), both sides labelled with
+  their T and accuracy; ``report.md`` adds the figures at every t (each over the first t
+  steps);
 - ``errors.png``: the conversion error decomposition, when the folder has ``errors.csv``.
+
+Accuracy axes span 0-100 % with a chance line and the run's reference (the ANN before
+conversion, a distilled run's teacher); no ANN/SNN energy ratio is quoted for a model near
+chance (rules: :mod:`spikebridge.analysis.figures`).
 
 The folder must be finished (``summary.json``, written last, and a readable ``config.json``
 when it has one: :func:`spikebridge.engine.rundir.validate_run_dir`), so a report never

@@ -142,3 +142,9 @@ def test_report_gives_the_ratio_of_a_working_converted_run(tmp_path) -> None:
     assert "ANN / SNN energy: 13.5x" in text
     assert "| 2 | 80 % | 0.08 | 10 M | 13.6 | 13.5x |" in text
     assert "| 1 | 79 % | 0.05 | 4 M | 5.9 | 31.2x |" in text
+
+
+def test_loss_and_learning_rate_axes_start_at_zero_with_the_uniform_guess_loss(tmp_path) -> None:
+    loss_ax, _, lr_ax = plot_curves([RECORD], tmp_path / "c.png", TEN).axes
+    assert loss_ax.get_ylim()[0] == 0 and lr_ax.get_ylim()[0] == 0
+    assert "uniform guess: ln 10 = 2.30" in _labels(loss_ax)
