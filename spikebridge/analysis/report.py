@@ -188,6 +188,9 @@ def _section_overview(run: RunFiles) -> list[str]:
     ):
         if key in summary:
             lines.append(f"| {label} | {_number(summary[key], 100, ' %')} |")
+    if isinstance(summary.get("measured_timesteps"), int) and summary.get("sops_per_image"):
+        lines.append(f"| T of the headline firing / SOP / energy figures | "
+                     f"{summary['measured_timesteps']} (every t: tables below) |")  # fmt: skip
     if "eval" in run.results:
         ev = run.results["eval"]
         lines.append(
@@ -418,11 +421,12 @@ def format_measurement(m: dict[str, Any]) -> str:
         f"ANN energy {_number(m.get('ann_energy_estimate_uj'), 1, ' µJ')} (estimate)"
     ]
     if m.get("sops_per_image") is not None:
+        lines[0] = "ANN equivalent (MAC count of the same architecture): " + lines[0]
         at = f"SNN at T = {m.get('measured_timesteps', 'n/a')}"
         lines.insert(
             0,
             f"{at}: firing rate {_number(m.get('firing_rate'))} spikes/neuron/step   "
-            f"silent fraction {_number(m.get('silent_fraction'))} (neurons that never fired)   "
+            f"silent fraction {_number(m.get('silent_fraction'))} (no spike in those steps)   "
             f"(measured on {m.get('measured_images')} images)",
         )
         lines.append(

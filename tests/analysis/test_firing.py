@@ -114,3 +114,30 @@ def test_nothing_seen_gives_nan_overall() -> None:
     mon = FiringMonitor(_lif_site())
     assert mon.rates() == {}
     assert mon.overall_rate() != mon.overall_rate()  # NaN
+
+
+def test_rates_and_silence_over_the_first_t_steps() -> None:
+    # n0: 1.0 every step -> spikes at steps 1..4; n1: 0.45 every step, leak 0.25:
+    # h = 0.45, 0.5625 (spike, reset), 0.45, 0.5625 (spike) -> spikes at steps 2 and 4
+    model = _lif_site()
+    x = torch.zeros(T, 1, 2)
+    x[:, 0, 0], x[:, 0, 1] = 1.0, 0.45
+    with FiringMonitor(model) as mon:
+        model(fold(x))
+    assert mon.stats["0"].by_step.tolist() == [1, 2, 1, 2]
+    assert mon.rates_by_timestep() == {
+        "1": pytest.approx(1 / 2), "2": pytest.approx(3 / 4),
+        "3": pytest.approx(4 / 6), "4": pytest.approx(6 / 8),
+    }  # fmt: skip
+    assert mon.overall_rate(4) == mon.overall_rate()
+    assert (mon.silent_fraction(1), mon.silent_fraction(2)) == (0.5, 0.0)
+    assert mon.summary(1)["firing_rate_by_layer"] == {"0": 0.5}
+
+
+def test_one_monitor_refuses_a_second_t() -> None:
+    model = _lif_site()
+    with FiringMonitor(model) as mon:
+        model(fold(_currents()))
+        model[0].timesteps = 2
+        with pytest.raises(ModelError, match="one FiringMonitor per T"):
+            model(fold(_currents()[:2]))

@@ -47,6 +47,9 @@ def test_report_of_a_tiny_snn_run(snn_run, capsys):
         assert f"]({name})" in text
     summary = json.loads((snn_run / "summary.json").read_text())
     assert f"{summary['sops_per_image'] * 1e-6:.4g} M" in text
+    # per-t tables of both measurements (summary at T = 2, eval.json at t = 1..3)
+    assert "Per time-step, from `summary.json`" in text and "from `eval.json`" in text
+    assert f"| SNN energy estimate, T = 2 | {summary['energy_estimate_uj']:.4g} µJ |" in text
     assert "No `errors.csv`" in text  # the absent section is named, not dropped
     curves = timestep_curves(read_run_files(snn_run))
     assert set(curves) == {"summary.json", "eval.json (test split)"}
@@ -90,6 +93,8 @@ def test_format_measurement():
            "measured_images": 1024, "measured_timesteps": 4}  # fmt: skip
     text = format_measurement(snn)
     assert "SOPs/image 10 M" in text and "9 µJ" in text and "1024 images" in text
+    assert text.count("SNN at T = 4:") == 2  # every SNN figure names its T
+    assert "MAC count of the same architecture" in text
     assert format_measurement({}) == ""
 
 
