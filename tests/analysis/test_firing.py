@@ -136,7 +136,7 @@ def test_rates_and_silence_over_the_first_t_steps() -> None:
 
 def test_one_monitor_refuses_a_second_t() -> None:
     model = _lif_site()
-    with FiringMonitor(model) as mon:
+    with FiringMonitor(model):
         model(fold(_currents()))
         model[0].timesteps = 2
         with pytest.raises(ModelError, match="one FiringMonitor per T"):
