@@ -251,9 +251,7 @@ class _SopCounter:
         self.timesteps = timesteps
         with _measuring(self.model):
             recorded, dtypes = self._record(images)
-            replays: dict[str, nn.Module] = {
-                n: _Replay(recorded[n], dtypes[n]) for n in self.sites
-            }
+            replays: dict[str, nn.Module] = {n: _Replay(recorded[n], dtypes[n]) for n in self.sites}
             replays |= {n: _Counting(n, m, self._count) for n, m in self.layers.items()}
             with _swapped(self.model, replays):
                 self.model(torch.full_like(images, float("nan")))
