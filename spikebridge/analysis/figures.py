@@ -60,7 +60,7 @@ class EnergySides:
     def ann_label(self) -> str:
         if self.ann_trained:
             return f"ANN (trained, T = 1)\nacc {_pct(self.ann_accuracy)}"
-        return "ANN: MAC count of the\nsame architecture\n(no ANN trained)"
+        return "ANN: MAC count of the\nsame architecture\n(not a trained ANN)"
 
 
 def _pct(value: float | None) -> str:
@@ -99,16 +99,20 @@ def _figure(n_axes: int, width: float, height: float) -> tuple[Any, list[Any]]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height))
+    fig = Figure(figsize=(width, height), layout="constrained")  # room for outside legends
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_axes)
     return fig, list(axes) if n_axes > 1 else [axes]
 
 
 def _save(fig: Any, path: Path) -> Any:
-    fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     return fig
+
+
+def legend_below(ax: Any) -> None:
+    """The legend under the axes, where it can hide no curve and no reference line."""
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
 
 
 def integer_ticks(ax: Any, values: list[int]) -> None:
@@ -150,7 +154,7 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
 def plot_curves(records: list[dict[str, Any]], path: Path, refs: References = References()) -> Any:
     """Loss, accuracy (%, 0-100, chance and reference lines) and learning rate per epoch
     from ``metrics.jsonl`` records."""
-    fig, (loss_ax, acc_ax, lr_ax) = _figure(3, 15, 4.5)
+    fig, (loss_ax, acc_ax, lr_ax) = _figure(3, 15, 5.2)
     highest = 0.0
     for key in [k for k in records[0] if k.endswith("loss")]:
         epochs, values = _series(records, key)
@@ -160,10 +164,11 @@ def plot_curves(records: list[dict[str, Any]], path: Path, refs: References = Re
     if refs.num_classes:  # the loss of a uniform guess: a loss near it has learned nothing
         uniform = math.log(refs.num_classes)
         loss_ax.axhline(uniform, color="black", ls=":", lw=1,
-                        label=f"uniform guess: ln {refs.num_classes} = {uniform:.2f}")  # fmt: skip
+                        label=f"cross-entropy of a uniform guess: ln {refs.num_classes} = "
+                        f"{uniform:.2f}")  # fmt: skip
         highest = max(highest, uniform)
     loss_ax.set_ylim(0, 1.1 * highest if math.isfinite(highest) and highest > 0 else None)
-    loss_ax.set(xlabel="epoch", ylabel="loss (cross-entropy, nats)", title="Loss per epoch")
+    loss_ax.set(xlabel="epoch", ylabel="loss (nats)", title="Loss per epoch")
     for split in ("train", "val", "test"):
         epochs, values = _series(records, f"{split}_accuracy")
         if epochs:
@@ -175,11 +180,10 @@ def plot_curves(records: list[dict[str, Any]], path: Path, refs: References = Re
     lr_ax.set_ylim(bottom=0)
     lr_ax.set(xlabel="epoch", ylabel="learning rate", title="Learning rate")
     all_epochs = sorted({r["epoch"] for r in records if isinstance(r.get("epoch"), int)})
-    # where curves seldom are: low losses come late (right), accuracies rise to the right
-    for ax, where in ((loss_ax, "lower left"), (acc_ax, "center right"), (lr_ax, "lower right")):
+    for ax in (loss_ax, acc_ax, lr_ax):
         integer_ticks(ax, all_epochs)  # epochs are whole numbers
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc=where)
+        legend_below(ax)
     return _save(fig, path)
 
 
@@ -188,7 +192,7 @@ def plot_timesteps(
 ) -> Any:
     """Accuracy (%, 0-100) against the number of simulated time-steps t, one line per source
     (distinct line styles, so identical curves stay visible), with chance and reference."""
-    fig, (ax,) = _figure(1, 7.5, 4.8)
+    fig, (ax,) = _figure(1, 7.5, 5.4)
     for i, (label, by_t) in enumerate(curves.items()):
         ts, (ls, marker) = sorted(by_t), STYLES[i % len(STYLES)]
         ax.plot(ts, [100 * by_t[t] for t in ts], ls=ls, marker=marker, ms=5, label=label)
@@ -200,7 +204,7 @@ def plot_timesteps(
     )
     integer_ticks(ax, sorted({t for by_t in curves.values() for t in by_t}))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_below(ax)
     return _save(fig, path)
 
 
@@ -215,9 +219,15 @@ def plot_firing_rates(
     ax.barh(range(len(names)), [rates[n] for n in names], color="tab:blue", label="site")
     if overall is not None and math.isfinite(overall):
         ax.axvline(overall, color="tab:red", ls="--", label=f"all sites: {overall:.3f}")
+    top = max([*rates.values(), 0.0])
+    for i, name in enumerate(names):  # a bar too short to see gets its value written
+        if rates[name] == 0:
+            ax.text(0, i, " 0: no spike", va="center", fontsize=7, color="tab:red")
+        elif rates[name] < 0.02 * top:
+            ax.text(rates[name], i, f" {rates[name]:.2g}", va="center", fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.invert_yaxis()  # the first site (stem) on top
-    ax.set_xlim(0, max([*rates.values(), 0.0]) * 1.1 or 1.0)
+    ax.set_xlim(0, top * 1.1 or 1.0)
     at = f" at T = {timesteps}" if timesteps else ""
     seen = f", {images} images" if images else ""
     ax.set(
@@ -243,13 +253,15 @@ def plot_operations(m: dict[str, Any], path: Path, sides: EnergySides, refs: Ref
     ops_ax.set(ylabel="operations per image (millions)", title="Operations per image")
     ann_uj, snn_uj = m["ann_energy_estimate_uj"], m["energy_estimate_uj"]
     bars = energy_ax.bar([ann_x, snn_x], [ann_uj, snn_uj], color=["tab:orange", "tab:blue"])
-    energy_ax.bar_label(bars, [f"{ann_uj:.3g} µJ", f"{snn_uj:.3g} µJ"], fontsize=8)
+    energy_ax.bar_label(bars, [f"{ann_uj:#.3g} µJ", f"{snn_uj:#.3g} µJ"], fontsize=8)
     energy_ax.set(
         ylabel="energy per image (µJ, estimate)",
         title="Energy estimate: E_MAC 4.6 pJ, E_AC 0.9 pJ (45 nm)",
     )
     energy_ax.set_ylim(0, max(ann_uj, snn_uj) * 1.3)
     withheld = ratio_withheld(sides.snn_accuracy, refs, sides.ann_accuracy)
+    if withheld is not None:  # the bar of a network that does not work is no saving
+        bars[1].set(facecolor="lightgray", hatch="//", edgecolor="gray")
     text = (
         f"ANN / SNN energy: {ann_uj / snn_uj:.3g}x"
         if withheld is None and snn_uj > 0

@@ -284,8 +284,8 @@ def _comparison_line(sides: EnergySides, m: dict[str, Any], refs: References) ->
     """One sentence: both sides with T and accuracy, then the ratio or why it is withheld."""
     snn, ann = m.get("energy_estimate_uj"), m.get("ann_energy_estimate_uj")
     ann_side = (f"the trained ANN (T = 1, accuracy {_number(sides.ann_accuracy, 100, ' %')})"
-                if sides.ann_trained else "an ANN of the same architecture (a MAC count: no "
-                "ANN was trained for this run, so its accuracy is unknown)")  # fmt: skip
+                if sides.ann_trained else "an ANN of the same architecture (a MAC count, not "
+                "a trained network, so it has no accuracy)")  # fmt: skip
     line = (f"SNN at T = {sides.timesteps} (accuracy {_number(sides.snn_accuracy, 100, ' %')}): "
             f"{_number(snn, 1, ' µJ')} per image, against {_number(ann, 1, ' µJ')} for "
             f"{ann_side}.")  # fmt: skip

@@ -107,7 +107,7 @@ def test_energy_chart_of_a_chance_model_against_an_untrained_ann(tmp_path) -> No
     assert "ratio withheld" in text and "chance" in text
     assert "13.5x" not in text
     names = [t.get_text() for t in energy_ax.get_xticklabels()]
-    assert "no ANN trained" in names[0] and names[1] == "SNN at T = 4\nacc 10.2 %"
+    assert "not a trained ANN" in names[0] and names[1] == "SNN at T = 4\nacc 10.2 %"
 
 
 def _run_folder(tmp_path, accuracy: float, **summary):
@@ -131,7 +131,7 @@ def test_report_withholds_the_ratio_of_a_chance_level_run(tmp_path) -> None:
     assert "| chance level (1/10) | 10 % |" in text
     assert "SNN at T = 2 (accuracy 11 %)" in text
     assert "No energy ratio is given" in text and "within 5 points of chance" in text
-    assert "no ANN was trained" in text
+    assert "a MAC count, not a trained network" in text
     assert "| 2 | 11 % | 0.08 | 10 M | 13.6 | withheld |" in text
     assert "x |" not in text  # no ratio anywhere in the per-t table
 
@@ -147,4 +147,10 @@ def test_report_gives_the_ratio_of_a_working_converted_run(tmp_path) -> None:
 def test_loss_and_learning_rate_axes_start_at_zero_with_the_uniform_guess_loss(tmp_path) -> None:
     loss_ax, _, lr_ax = plot_curves([RECORD], tmp_path / "c.png", TEN).axes
     assert loss_ax.get_ylim()[0] == 0 and lr_ax.get_ylim()[0] == 0
-    assert "uniform guess: ln 10 = 2.30" in _labels(loss_ax)
+    assert "cross-entropy of a uniform guess: ln 10 = 2.30" in _labels(loss_ax)
+
+
+def test_firing_bars_too_short_to_see_carry_their_value(tmp_path) -> None:
+    rates = {"a": 0.2, "silent": 0.0, "faint": 1e-4}
+    fig = plot_firing_rates(rates, tmp_path / "f.png", 0.1, 4, 8)
+    assert {t.get_text().strip() for t in fig.axes[0].texts} == {"0: no spike", "0.0001"}
