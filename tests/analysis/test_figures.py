@@ -154,3 +154,14 @@ def test_firing_bars_too_short_to_see_carry_their_value(tmp_path) -> None:
     rates = {"a": 0.2, "silent": 0.0, "faint": 1e-4}
     fig = plot_firing_rates(rates, tmp_path / "f.png", 0.1, 4, 8)
     assert {t.get_text().strip() for t in fig.axes[0].texts} == {"0: no spike", "0.0001"}
+
+
+def test_an_old_run_folder_without_per_t_figures_is_still_reported(tmp_path) -> None:
+    config = {"model": {"name": "resnet20", "neuron": "lif", "timesteps": 4}}
+    old = {**MEASURED, "test_accuracy": 0.8, "timesteps": 4, "measured_timesteps": 4,
+           "accuracy_by_timestep": {"4": 0.8}}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "summary.json").write_text(json.dumps(old))
+    text = write_report(tmp_path).read_text()
+    assert "`summary.json` has figures at T = 4 only" in text
+    assert "SNN at T = 4 (accuracy 80 %)" in text
