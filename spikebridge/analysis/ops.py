@@ -430,3 +430,17 @@ def measurement_at(m: dict[str, Any], t: int) -> dict[str, Any] | None:
                 "energy_estimate_uj")  # fmt: skip
         return {k: m.get(k) for k in keys}
     return None
+
+
+BY_TIMESTEP_KEYS = ("firing_rate_by_timestep", "sops_by_timestep",
+                    "first_layer_macs_by_timestep", "energy_by_timestep")  # fmt: skip
+
+
+def only_timesteps(m: dict[str, Any], wanted: Sequence[int]) -> dict[str, Any]:
+    """``m`` (a :func:`measure_snn` result) with its per-t figures cut to the ``wanted`` t,
+    in place; returns ``m``."""
+    keep = {str(t) for t in wanted}
+    for key in BY_TIMESTEP_KEYS:
+        if key in m:
+            m[key] = {t: v for t, v in m[key].items() if t in keep}
+    return m

@@ -435,3 +435,33 @@ def format_measurement(m: dict[str, Any]) -> str:
             "E_MAC 4.6 pJ, E_AC 0.9 pJ, 45 nm, Horowitz 2014)"
         )
     return "\n".join(lines)
+
+
+# label, key, scale, ANN column key (None: no ANN figure)
+MEASURE_ROWS = (
+    ("rate", "firing_rate", 1.0, None),
+    ("ops M", "sops_per_image", 1e-6, "macs_per_image"),
+    ("µJ", "energy_estimate_uj", 1.0, "ann_energy_estimate_uj"),
+)
+
+
+def measurement_rows(summary: dict[str, Any], shown: list[str]) -> list[str]:
+    """Rows under a conversion's accuracy table (``method  ANN  T=...``): firing rate, ops
+    (the ANN's MACs, the SNN's SOPs) and energy per image at each shown t, each over the
+    first t steps; none when the summary has no figures at those t."""
+    at = {t: measurement_at(summary, int(t)) or {} for t in shown}
+    if not any(at.values()):
+        return []
+    rows = []
+    for label, key, scale, ann_key in MEASURE_ROWS:
+        ann = summary.get(ann_key) if ann_key else None
+        cells = [_cell(at[t].get(key), scale) for t in shown]
+        rows.append(f"{label:<8} {_cell(ann, scale):>7} " + " ".join(f"{c:>7}" for c in cells))
+    note = (f"(per image over the first t steps of {summary.get('measured_images')} test images: "
+            "rate = spikes/neuron/step; ops = MACs (ANN) or SOPs (SNN), millions; µJ = energy "
+            "estimate)")  # fmt: skip
+    return [*rows, note]
+
+
+def _cell(value: float | None, scale: float) -> str:
+    return "-" if value is None else f"{value * scale:.3g}"

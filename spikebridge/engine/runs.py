@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from spikebridge.analysis import measure_snn
+from spikebridge.analysis.ops import only_timesteps
 from spikebridge.config import (
     DEFAULT_RUNS_DIR,
     TRAIN_SECTIONS,
@@ -428,22 +429,9 @@ def eval_run(
         "loss_by_timestep": {str(t): result["loss_by_timestep"][str(t)] for t in wanted},
     }  # fmt: skip
     t_max = max(wanted) if model.spiking else None
-    report.update(_only_wanted(measure_run(model, loader, timesteps=t_max), wanted))
+    report.update(only_timesteps(measure_run(model, loader, timesteps=t_max), wanted))
     ckpt.write_json(Path(run_dir) / EVAL_FILE, report)
     return report
-
-
-BY_TIMESTEP_KEYS = ("firing_rate_by_timestep", "sops_by_timestep",
-                    "first_layer_macs_by_timestep", "energy_by_timestep")  # fmt: skip
-
-
-def _only_wanted(m: dict[str, Any], wanted: Sequence[int]) -> dict[str, Any]:
-    """``m`` with its per-t measurements cut to the reported t (like the accuracies)."""
-    keep = {str(t) for t in wanted}
-    for key in BY_TIMESTEP_KEYS:
-        if key in m:
-            m[key] = {t: v for t, v in m[key].items() if t in keep}
-    return m
 
 
 def _wanted_timesteps(model: nn.Module, timesteps: Sequence[int] | int | None) -> list[int]:

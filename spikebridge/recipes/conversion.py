@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spikebridge.analysis import measurement_at
+from spikebridge.analysis.report import measurement_rows
 from spikebridge.config import DEFAULT_RUNS_DIR, build_section
 from spikebridge.data import DeviceLoader, load_splits
 from spikebridge.engine import checkpoint as ckpt
@@ -329,30 +329,7 @@ def format_accuracy_table(summary: dict[str, Any]) -> str:
     row = f"{summary['method']:<8} {100 * summary['ann_accuracy']:>6.2f}% " + " ".join(
         f"{100 * by_t[t]:>6.2f}%" for t in shown
     )
-    at = {t: measurement_at(summary, int(t)) or {} for t in shown}
-    if not any(at.values()):
-        return f"{head}\n{row}"
-    rows = [head, row]
-    for label, key, scale, ann_key in MEASURE_ROWS:
-        ann = summary.get(ann_key) if ann_key else None
-        cells = [_cell(at[t].get(key), scale) for t in shown]
-        rows.append(f"{label:<8} {_cell(ann, scale):>7} " + " ".join(f"{c:>7}" for c in cells))
-    note = (f"(per image over the first t steps of {summary.get('measured_images')} test images: "
-            "rate = spikes/neuron/step; ops = MACs (ANN) or SOPs (SNN), millions; µJ = energy "
-            "estimate)")  # fmt: skip
-    return "\n".join([*rows, note])
-
-
-# label, key, scale, ANN column key (None: no ANN figure)
-MEASURE_ROWS = (
-    ("rate", "firing_rate", 1.0, None),
-    ("ops M", "sops_per_image", 1e-6, "macs_per_image"),
-    ("µJ", "energy_estimate_uj", 1.0, "ann_energy_estimate_uj"),
-)
-
-
-def _cell(value: float | None, scale: float) -> str:
-    return "-" if value is None else f"{value * scale:.3g}"
+    return "\n".join([head, row, *measurement_rows(summary, shown)])
 
 
 # ----------------------------------------------------------------------------- analyze
