@@ -19,8 +19,10 @@ What maps to what (both targets)
   ``normalization=(mean, std)`` the first node (``normalize``, a 1x1 conv) computes
   ``(x − mean)/std`` per channel, so the graph takes raw pixels in ``[0, 1]``; the values
   are also in the metadata (``input_mean``, ``input_std``).
-- Anything else (ReLU/Clip/QCFS activations, max pooling, a BatchNorm not after a conv,
-  non-zero padding modes, ...) is refused with a ModelError.
+- A converted network's gated max pooling (on spikes) -> threshold-neuron layers
+  (:mod:`spikebridge.export.nir_pool`; NIR has no max-pooling node).
+- Anything else (ReLU/Clip/QCFS activations, other max pooling, a BatchNorm not after a
+  conv, non-zero padding modes, ...) is refused with a ModelError.
 
 Our neuron: ``h_t = decay·v_{t-1} + x_t``; ``o_t = 1[h_t > θ]`` (or ``>=``);
 ``v_t = h_t·(1−o_t)`` (hard) or ``h_t − θ·o_t`` (subtract); ``v_0 = φ·θ``; it emits ``o_t``
@@ -53,7 +55,8 @@ potential, no ``nir.Scale``, and SpikingJelly no grouped convolution. So:
   NIR's ``>`` (snnTorch); SpikingJelly fires on ``>=``, so a potential equal to that float
   differs. Both peers' predictions on converted ResNets: ``tests/export/test_peer_nir.py``.
 snnTorch's importer maps ``nir.Flatten(start_dim=0)`` to ``nn.Flatten(0, -1)``, which
-merges a batch: run its import one image at a time.
+merges a batch: run its import one image at a time, with ``snntorch.utils.reset(net)``
+before each (its neurons keep their state). Tested snippets for both peers: docs/EXPORT.md.
 
 Target ``compact``: one node per neuron layer, ``nir.LIF`` (``decay < 1``, parameters as
 above) or ``nir.IF`` (``R = 1/dt``), per-neuron thresholds, followed by ``nir.Scale(θ)``

@@ -16,9 +16,13 @@ ResNet path, so both NIR targets apply. What maps:
   ``x.reshape(...)`` of the same form, ``x.size(...)`` (only as such a shape), and
   ``x.mean((2, 3))`` (global average pooling, then flatten).
 
-Anything else (max pooling, including the conversion's rate-gated ``GatedMaxPool2d``, which
-NIR has no node for; other functions; parameters read with ``get_attr``) is refused with a
-ModelError naming the node.
+- the conversion's rate-gated max pooling ``GatedMaxPool2d`` on a spiking site's output: NIR
+  has no max-pooling node, so its gate is exported as the threshold-neuron circuit of
+  :mod:`spikebridge.export.nir_pool` (exact on spike trains).
+
+Anything else (per-step max pooling, a gated max pooling whose input is not a spiking site's
+output, other functions, parameters read with ``get_attr``) is refused with a ModelError
+naming the node.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from torch import fx, nn
 
 from spikebridge.errors import ModelError
 from spikebridge.export.nir import _GraphBuilder, _refuse, _sequential_step, _Value
+from spikebridge.export.nir_pool import gated_max_pool
+from spikebridge.nn.temporal import SpikingSite
 
 TIME_MODULES = ("StepEncoder", "StepAverage")
 """Class names of the conversion's time modules (``spikebridge.methods.graph``)."""
@@ -57,7 +63,7 @@ def fx_graph(b: _GraphBuilder, gm: fx.GraphModule, x: _Value) -> _Value:
         elif node.op == "call_module":
             # a module called again gets the fx node's name (``fc_1``) for its second node
             name = str(node.target) if str(node.target) not in b.nodes else node.name
-            values[node] = _module(b, name, gm.get_submodule(node.target), node, values)
+            values[node] = _module(b, name, gm, node, values)
         elif node.op in ("call_function", "call_method"):
             values[node] = _operation(b, node, values)
         elif node.op == "output":
@@ -79,8 +85,9 @@ def _tensor(node: fx.Node, values: dict[fx.Node, Any], index: int = 0) -> _Value
 
 
 def _module(
-    b: _GraphBuilder, name: str, m: nn.Module, node: fx.Node, values: dict[fx.Node, Any]
+    b: _GraphBuilder, name: str, gm: fx.GraphModule, node: fx.Node, values: dict[fx.Node, Any]
 ) -> _Value:
+    m = gm.get_submodule(node.target)
     x = _tensor(node, values)
     if type(m).__name__ in TIME_MODULES:
         return x
@@ -90,9 +97,28 @@ def _module(
         return _batchnorm(b, name, m, x)
     if isinstance(m, nn.Flatten) and m.start_dim != 1:
         raise _refuse(name, m, "Flatten from dim 1 (the batch kept)")
+    if type(m).__name__ == "GatedMaxPool2d":
+        return gated_max_pool(b, name, m.pool, x, _spike_value(gm, name, node))
     if "MaxPool" in type(m).__name__:
-        raise _refuse(name, m, "average pooling (NIR has no max pooling)")
+        raise _refuse(name, m, "average pooling (NIR has no max pooling; a converted network's "
+                      "gated max pooling exports)")  # fmt: skip
     return _sequential_step(b, name, m, x)
+
+
+def _spike_value(gm: fx.GraphModule, name: str, node: fx.Node) -> torch.Tensor | None:
+    """The spike value (θ, or ``None`` for 0/1 spikes) of the site feeding a gated pool."""
+    src = node.args[0] if node.args else None
+    site = gm.get_submodule(src.target) if isinstance(src, fx.Node) and src.op == (
+        "call_module") else None  # fmt: skip
+    if not isinstance(site, SpikingSite):
+        raise ModelError(
+            f"cannot export max pooling {name!r} to NIR: its input "
+            f"{getattr(src, 'name', src)!r} is not a spiking neuron's output, and NIR has no "
+            "max-pooling node (the gate exports only on spike trains; put the max pooling "
+            "after the ReLU in the ANN: max_pool(relu(x)) equals relu(max_pool(x)))"
+        )
+    neuron = site.neuron
+    return neuron.threshold.detach() if neuron.emit_threshold else None
 
 
 def _batchnorm(b: _GraphBuilder, name: str, bn: nn.BatchNorm2d, x: _Value) -> _Value:
