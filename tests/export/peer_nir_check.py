@@ -2,8 +2,8 @@
 
 Not collected by pytest (no ``test_`` prefix). Build the peer env once and run::
 
-    bash /work/shared/tools/peer-env.sh /work/main/.peer-venv
-    PYTHONPATH=/work/main /work/main/.peer-venv/bin/python tests/export/peer_nir_check.py
+    bash tools/peer-env.sh                  # from the repository root: .peer-venv
+    PYTHONPATH=. .peer-venv/bin/python tests/export/peer_nir_check.py
 
 Each case exports a spiking network with ``spikebridge.export.nir.export_nir``, imports
 the written file with snnTorch 1.0.0 (``snntorch.import_nir.import_from_nir``, executed by

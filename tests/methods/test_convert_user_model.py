@@ -291,7 +291,7 @@ def _train_fashion_cnn() -> tuple[nn.Module, dict[str, torch.Tensor]]:
 @pytest.mark.peer
 def test_user_cnn_converts_within_one_point_of_spikingjelly(tmp_path: Path) -> None:
     if not PEER_PYTHON.exists():
-        pytest.skip(f"no peer environment at {PEER_PYTHON} (bash /work/shared/tools/peer-env.sh)")
+        pytest.skip(f"no peer environment at {PEER_PYTHON} (bash tools/peer-env.sh)")
     if not FASHION.is_dir():
         pytest.skip(f"Fashion-MNIST is not installed at {FASHION}")
     T = 32
