@@ -1,9 +1,10 @@
 """Nothing in the repository depends on the development machine's file system.
 
 A figure or a test must be reproducible from a checkout: every tracked file (``git ls-files``)
-is searched for absolute paths into someone's home or work folder (``/work/...``,
-``/home/<user>/...``, ``/root/...``, ``/Users/...``, ``C:\\Users\\...``). Paths that any
-machine has (``/tmp``, ``/usr/share/datasets``, the package's documented defaults) are fine.
+is searched for absolute paths into someone's home or work folder (the ``work``, ``root``
+and ``Users`` folders at the file-system root, ``home/<user>``, Windows user folders; the
+patterns are in ``_PREFIXES``). Paths that any machine has (``/tmp``,
+``/usr/share/datasets``, the package's documented defaults) are fine.
 """
 
 from __future__ import annotations
