@@ -2,12 +2,13 @@
 
 NIR 1.0 has no max-pooling node (its pools are ``AvgPool2d`` and ``SumPool2d``), and
 neither peer maps one. The gate of :class:`~spikebridge.methods.graph.GatedMaxPool2d`
-(METHODS 2.6) is nonetheless a logical function of spike counts, which threshold neurons
-compute exactly. When the pool's input is a spiking site's output ``x_t = θ_c·s_t``
-(``s ∈ {0, 1}``, one θ per channel), per window and step the gate passes
-``θ_c·s_{j*,t}`` of the position ``j*`` whose key ``C_j(t−1) + 10⁻³·s_{j,t}`` is largest
-(``C_j(t)``: spikes of position ``j`` up to step ``t``). So the output spikes iff some
-position ``j`` spikes now and no position has more earlier spikes:
+(described in the :mod:`spikebridge.methods.graph` docstring) is nonetheless a logical
+function of spike counts, which threshold neurons compute exactly. When the pool's input
+is a spiking site's output ``x_t = θ_c·s_t`` (``s ∈ {0, 1}``, one θ per channel), per
+window and step the gate passes ``θ_c·s_{j*,t}`` of the position ``j*`` whose key
+``C_j(t−1) + 10⁻³·s_{j,t}`` is largest (``C_j(t)``: spikes of position ``j`` up to step
+``t``). So the output spikes iff some position ``j`` spikes now and no position has more
+earlier spikes:
 
     out_t = OR_j [ s_{j,t} AND for all k ≠ j: C_j(t−1) >= C_k(t−1) ]
 

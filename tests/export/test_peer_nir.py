@@ -1,13 +1,16 @@
 """Converted IF ResNets exported to NIR predict the same in SpikingJelly 2.0 and snnTorch 1.0.
 
-Peer test (``-m peer``): needs the peer environment (``bash /work/shared/tools/peer-env.sh
-.peer-venv``, or ``SPIKEBRIDGE_PEER_PYTHON`` naming its python). We train a small clip ANN
-on generated images, convert it (``robust``: one θ per site; ``ttrbr``: per-channel θ and
-bias shifts; and a user CNN with a custom forward, converted through torch.fx), export it with the dataset's mean/std (portable target), and run the file in
-the peer environment with ``peer_nir_run.py``, which imports only the peers: raw ``[0, 1]``
-pixels in, the graph's own ``normalize`` node, the image held for ``T`` steps, logits
-averaged over ``T``. Their predictions must match ours on 300 images (>= 99 %, float
-rounding may flip a near-tie spike); the agreement is printed (``-s``).
+Peer test (``-m peer``): needs the peer environment (``bash tools/peer-env.sh``, which
+creates ``.peer-venv``, or ``SPIKEBRIDGE_PEER_PYTHON`` naming its python). We train a small
+clip ANN on generated images, convert it (``robust``: one θ per site; ``ttrbr``: per-channel
+θ and bias shifts; and a user CNN with a custom forward, converted through torch.fx), export
+it with the dataset's mean/std (portable target), and run the file in the peer environment
+with ``peer_nir_run.py``, which executes the snippets of docs/EXPORT.md (only the peers):
+raw ``[0, 1]`` pixels in, the graph's own ``normalize`` node, the image held for ``T``
+steps, logits averaged over ``T``. Their predictions must match ours on 300 images (>= 99 %,
+float rounding may flip a near-tie spike); the agreement is printed (``-s``). The same for
+a CNN with two max poolings trained on Fashion-MNIST (the gate exported as threshold
+neurons, ``spikebridge/export/nir_pool.py``), on 300 Fashion-MNIST test images.
 
 Measured 2026-12-06 (SpikingJelly 2.0.0, snnTorch 1.0.0, nir 1.0.8, nirtorch 2.6, CPU):
 100 % agreement for both methods and both peers at T = 4 (max |Δlogit| 4.8e-7), and with
@@ -15,6 +18,8 @@ the same script at T = 8 (7.2e-7) and T = 16 (snnTorch 9.5e-7; SpikingJelly 100 
 predictions, one image of 300 with a few flipped spikes, max |Δlogit| 0.05: it runs
 batches of 64, whose convolutions round differently; run one image at a time it matches
 to 7.2e-7, as snnTorch does). The converted user CNN: 100 % for both (1.9e-6).
+Measured 2026-12-07, the max-pooling CNN on 300 Fashion-MNIST test images: 100 % for both
+peers with robust T = 8, ttrbr T = 4 and ttrbr T = 16 (docs/RESULTS.md has the table).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spikebridge.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, load_fashion_mnist
 from spikebridge.data.synthetic import make_synthetic
 from spikebridge.methods.convert import convert
 from spikebridge.models import build
@@ -80,7 +86,7 @@ def ann(data: dict[str, torch.Tensor]) -> torch.nn.Module:
 
 class UserCNN(torch.nn.Module):
     """A user's CNN with a custom forward (residual add, functional ReLU and pooling,
-    ``x.view(x.size(0), -1)``); no max pooling, which NIR cannot express."""
+    ``x.view(x.size(0), -1)``); max pooling has its own test below."""
 
     def __init__(self, width: int = 8) -> None:
         super().__init__()
@@ -113,11 +119,13 @@ def _trained(model: torch.nn.Module, data: dict[str, torch.Tensor]) -> torch.nn.
     return model.eval()
 
 
-def _peer_logits(graph_path: Path, images: torch.Tensor, tmp: Path) -> dict[str, np.ndarray]:
+def _peer_logits(
+    graph_path: Path, images: torch.Tensor, tmp: Path, limits: bool = False
+) -> dict[str, np.ndarray]:
     np.save(tmp / "images.npy", images.numpy().astype(np.float32))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     cmd = [str(PEER_PYTHON), str(RUNNER), str(graph_path), str(tmp / "images.npy"),
-           str(tmp / "peers.npz")]  # fmt: skip
+           str(tmp / "peers.npz"), *(["--limits"] if limits else [])]  # fmt: skip
     subprocess.run(cmd, check=True, env=env, timeout=600, capture_output=True)
     with np.load(tmp / "peers.npz") as out:
         return {k: out[k] for k in out.files}
@@ -146,25 +154,81 @@ def test_converted_user_cnn_predicts_the_same_in_both_peers(
 
 
 def _check_peers(
-    snn: torch.nn.Module, label: str, data: dict[str, torch.Tensor], tmp_path: Path
+    snn: torch.nn.Module,
+    label: str,
+    data: dict[str, torch.Tensor],
+    tmp_path: Path,
+    limits: bool = False,
 ) -> None:
     """Our predictions vs both peers' on the test images (raw pixels into the file)."""
     with torch.no_grad():
         ours = snn(_normalize(data["test"], data)).numpy()
     assert len(set(ours.argmax(1).tolist())) >= 5  # a real classifier, not one class
     path = tmp_path / "model.nir"
-    export_nir(snn, path, (3, SIZE, SIZE), normalization=(data["mean"], data["std"]))
-    theirs = _peer_logits(path, data["test"], tmp_path)
+    shape = tuple(data["test"].shape[1:])
+    export_nir(snn, path, shape, normalization=(data["mean"], data["std"]))
+    theirs = _peer_logits(path, data["test"], tmp_path, limits)
+    steps, n = snn.timesteps if hasattr(snn, "timesteps") else T, len(ours)
     lines = []
+    if "labels_test" in data:
+        accuracy = float((ours.argmax(1) == data["labels_test"].numpy()).mean())
+        lines.append(f"{label} T={steps} spikebridge accuracy {accuracy:.4f} on {n}")
     for peer in PEERS:
         assert f"{peer}_error" not in theirs, f"{peer}: {theirs.get(f'{peer}_error')}"
         agree = float((theirs[peer].argmax(1) == ours.argmax(1)).mean())
         diff = float(np.abs(theirs[peer] - ours).max())
         lines.append(
-            f"{label} T={T} {peer}: agreement {agree:.4f} on {N_TEST}, max|dlogit| {diff:.2e}"
+            f"{label} T={steps} {peer}: agreement {agree:.4f} on {n}, max|dlogit| {diff:.2e}"
         )
         assert agree >= MIN_AGREEMENT, lines[-1]
+    if limits:  # docs/EXPORT.md: snnTorch needs the reset and batch 1
+        stale = float((theirs["snntorch_no_reset"].argmax(1) == ours.argmax(1)).mean())
+        lines.append(f"{label} T={steps} snntorch without reset: agreement {stale:.4f} on {n}")
+        lines.append(f"{label} snntorch at batch 2: {theirs.get('snntorch_batch2_error')}")
+        assert stale < MIN_AGREEMENT and "snntorch_batch2_error" in theirs, lines[-2:]
     print("\n" + "\n".join(lines))
+
+
+@pytest.fixture(scope="module")
+def fashion() -> dict[str, torch.Tensor]:
+    """Fashion-MNIST: 6000 training images, 300 test images (raw [0, 1]), mean/std."""
+    if not Path(DEFAULT_FASHION_MNIST_DIR).is_dir():
+        pytest.skip(f"Fashion-MNIST is not installed at {DEFAULT_FASHION_MNIST_DIR}")
+    train_x, train_y, test_x, test_y = load_fashion_mnist()
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))[:6000]
+    train = train_x[order].float().div(255)
+    test = test_x[:N_TEST].float().div(255)
+    mean, std = train.mean(dim=(0, 2, 3)), train.std(dim=(0, 2, 3))
+    return {"train": train, "labels": train_y[order], "test": test, "mean": mean, "std": std,
+            "labels_test": test_y[:N_TEST]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def maxpool_ann(fashion: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A Sequential CNN with two 2x2 max poolings, 3 short epochs (about 83 % accuracy)."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, CLASSES),
+    )  # fmt: skip
+    return _trained(model, fashion)
+
+
+@pytest.mark.parametrize(("method", "steps"), [("robust", 8), ("ttrbr", 4), ("ttrbr", 16)])
+def test_converted_maxpool_cnn_predicts_the_same_in_both_peers(
+    method: str, steps: int, maxpool_ann: torch.nn.Module, fashion: dict, tmp_path: Path
+) -> None:
+    """Max pooling (the conversion's rate gate) on Fashion-MNIST: the peers agree with us."""
+    calibration = _normalize(fashion["train"][:512], fashion)
+    with torch.no_grad():
+        ann_says = maxpool_ann(_normalize(fashion["test"], fashion)).argmax(1)
+    accuracy = (ann_says == fashion["labels_test"]).float().mean().item()
+    print(f"\nmaxpool-cnn ANN accuracy {accuracy:.4f} on {N_TEST}", end="")
+    snn = convert(maxpool_ann, method, calibration, steps)
+    assert sum("GatedMaxPool2d" in type(m).__name__ for m in snn.modules()) == 2
+    _check_peers(snn, f"maxpool-cnn {method}", fashion, tmp_path, limits=method == "robust")
 
 
 def test_vector_if_sites_and_flatten_run_in_both_peers(tmp_path: Path) -> None:
