@@ -13,7 +13,8 @@ Only ``nn.ReLU`` sites are converted by SpikingJelly's rate-coding recipe, so a 
 ANN is refused unless ``--swap-to-relu`` is given: then every clip / qcfs site becomes an
 ``nn.ReLU`` (the same trained weights, what a SpikingJelly user holding that network would
 convert) and the record keeps the original ANN's accuracy as the reference, next to the
-swapped ANN's. Run it in the peer environment, never a dependency of the package::
+swapped ANN's. Run it in the peer environment (``bash tools/peer-env.sh`` builds
+``.peer-venv``), never a dependency of the package::
 
     PYTHONPATH=. .peer-venv/bin/python benchmarks/spikingjelly_convert.py --ann RUN \\
         --mode 99.9% --mode max --timesteps 32 --calibration-size 512 --json out.json
