@@ -49,8 +49,9 @@ BACKENDS = ("fused", "loop")
 
 def _forward_kernel(
     x: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor, decay: float, hard: bool, strict: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the neuron over ``x[T, B, ...]``; return spikes and pre-reset potentials ``h``."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the neuron over ``x[K, B, ...]`` from potential ``v0``; return spikes, pre-reset
+    potentials ``h`` and the potential after the last step (the next chunk's ``v0``)."""
     v = v0.expand_as(x[0])
     spikes, potentials = [], []
     for t in range(x.shape[0]):
@@ -59,12 +60,13 @@ def _forward_kernel(
         v = h * (1 - o) if hard else h - theta * o
         spikes.append(o)
         potentials.append(h)
-    return torch.stack(spikes), torch.stack(potentials)
+    return torch.stack(spikes), torch.stack(potentials), v
 
 
 def _backward_kernel(
     grad: torch.Tensor,
     h: torch.Tensor,
+    grad_v: torch.Tensor,
     theta: torch.Tensor,
     decay: float,
     hard: bool,
@@ -72,9 +74,10 @@ def _backward_kernel(
     detach_reset: bool,
     surrogate: str,
     alpha: float,
-) -> torch.Tensor:
-    """BPTT through the charge/fire/reset recursion; returns ``dL/dx[T, B, ...]``."""
-    grad_v = torch.zeros_like(grad[0])
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BPTT through the charge/fire/reset recursion of one chunk ``[K, B, ...]``, given
+    ``grad_v = dL/dv`` after its last step; returns ``dL/dx`` and ``dL/dv0`` (the gradient
+    flowing into the previous chunk)."""
     grads = []
     for t in range(grad.shape[0] - 1, -1, -1):
         v = h[t] - theta
@@ -89,7 +92,7 @@ def _backward_kernel(
         grads.append(grad_h)
         grad_v = grad_h * decay
     grads.reverse()
-    return torch.stack(grads)
+    return torch.stack(grads), grad_v
 
 
 _COMPILED: dict[str, Callable[..., Any]] = {}
@@ -122,12 +125,62 @@ def _kernel(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return _COMPILED[name]
 
 
+CHUNK = 8
+"""Time-steps per compiled kernel call. The kernels unroll their time loop, so the graph
+(and its compile time) grows with the steps it covers: a longer window runs as chunks of
+``CHUNK`` steps through one kernel (state carried between calls, steps < CHUNK left over
+run eagerly), so T = 500 compiles what T = 8 does and inductor's on-disk cache serves every
+later process. A window of at most ``CHUNK`` steps is one call, as before."""
+
+
+def _chunks(steps: int) -> list[tuple[int, int, bool]]:
+    """``(start, stop, compiled?)`` per chunk: whole chunks compiled, a shorter tail eager."""
+    size = min(steps, CHUNK)
+    out = [(t, t + size, True) for t in range(0, steps - size + 1, size)]
+    tail = out[-1][1]
+    return out + ([(tail, steps, False)] if tail < steps else [])
+
+
+def _chunked_forward(
+    x: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor, *config: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spikes and potentials ``h`` of the whole window, chunk by chunk (see ``CHUNK``)."""
+    chunks = _chunks(x.shape[0])
+    if len(chunks) == 1:
+        return _kernel("forward", _forward_kernel)(x, theta, v0, *config)[:2]
+    # One contiguous state layout for every chunk, so the compiled kernel sees one signature.
+    spikes, h, v = torch.empty_like(x), torch.empty_like(x), v0.expand_as(x[0]).contiguous()
+    for start, stop, compiled in chunks:
+        kernel = _kernel("forward", _forward_kernel) if compiled else _forward_kernel
+        o, hc, v = kernel(x[start:stop], theta, v, *config)
+        spikes[start:stop], h[start:stop] = o, hc
+    return spikes, h
+
+
+def _chunked_backward(
+    grad: torch.Tensor, h: torch.Tensor, theta: torch.Tensor, *config: Any
+) -> torch.Tensor:
+    """``dL/dx`` of the whole window, chunks in reverse order (see ``CHUNK``)."""
+    chunks = _chunks(grad.shape[0])
+    grad_v = torch.zeros_like(h[0])
+    if len(chunks) == 1:
+        return _kernel("backward", _backward_kernel)(grad.contiguous(), h, grad_v, theta, *config)[
+            0
+        ]
+    grad_x = torch.empty_like(h)
+    for start, stop, compiled in reversed(chunks):
+        kernel = _kernel("backward", _backward_kernel) if compiled else _backward_kernel
+        gx, grad_v = kernel(grad[start:stop].contiguous(), h[start:stop], grad_v, theta, *config)
+        grad_x[start:stop] = gx
+    return grad_x
+
+
 class _FusedNeuron(torch.autograd.Function):
     """One autograd node for the whole time loop; saves only the potentials ``h``."""
 
     @staticmethod
     def forward(ctx, x, theta, v0, decay, hard, strict, detach_reset, surrogate, alpha):  # type: ignore[override]
-        spikes, h = _kernel("forward", _forward_kernel)(x, theta, v0, decay, hard, strict)
+        spikes, h = _chunked_forward(x, theta, v0, decay, hard, strict)
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(h, theta)
             ctx.config = (decay, hard, strict, detach_reset, surrogate, alpha)
@@ -136,8 +189,7 @@ class _FusedNeuron(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         h, theta = ctx.saved_tensors
-        grad_x = _kernel("backward", _backward_kernel)(grad.contiguous(), h, theta, *ctx.config)
-        return (grad_x,) + (None,) * 8
+        return (_chunked_backward(grad, h, theta, *ctx.config),) + (None,) * 8
 
 
 def per_channel_view(p: torch.Tensor, step_rank: int) -> torch.Tensor:

@@ -222,14 +222,50 @@ def test_lif_gradient_hand_computed() -> None:
     assert x.grad.view(-1).tolist() == pytest.approx([1.25, 1.0])
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 8])
+@pytest.mark.parametrize("reset", ["hard", "subtract"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_chunked_window_equals_loop_float64(
+    kind: str, reset: str, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window longer than CHUNK runs as chunks with the state carried across (and an
+    eager tail): spikes and BPTT gradients equal the reference loop, per-channel θ and a
+    non-zero initial potential included (IF: φ = 0.5)."""
+    monkeypatch.setattr(neurons_module, "CHUNK", chunk)
+    gen = torch.Generator().manual_seed(chunk)
+    x = torch.rand(8, 2, 3, 2, 2, generator=gen, dtype=torch.float64) * 1.6 - 0.3
+    w = torch.randn(8, 2, 3, 2, 2, generator=gen, dtype=torch.float64)
+    opts = dict(reset=reset, detach_reset=False, surrogate="sigmoid")
+    fused, loop = _pair(3, torch.float64, emit_threshold=(kind == "if"), **opts, **KINDS[kind])
+    out_f, grad_f = _outputs_and_grads(fused, x, w)
+    out_l, grad_l = _outputs_and_grads(loop, x, w)
+    assert out_f[-3:].abs().sum() > 0, "the last chunks should fire too"
+    assert torch.equal(out_f, out_l)
+    torch.testing.assert_close(grad_f, grad_l, rtol=1e-12, atol=1e-12)
+
+
+def test_chunks_cover_the_window_once() -> None:
+    for steps in (1, 7, 8, 9, 16, 100):
+        chunks = neurons_module._chunks(steps)
+        starts = [start for start, _, _ in chunks]
+        assert starts[0] == 0 and chunks[-1][1] == steps
+        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
+        assert all(
+            stop - start == min(steps, neurons_module.CHUNK) for start, stop, c in chunks if c
+        )
+        assert sum(not compiled for *_, compiled in chunks) == (steps > 8 and steps % 8 != 0)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch.compile
 def test_compiled_fused_matches_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The torch.compile path (default outside tests) computes the same spikes and grads."""
+    """The torch.compile path (default outside tests) computes the same spikes and grads,
+    over a window of two compiled 2-step chunks and an eager tail step."""
     monkeypatch.setenv("SPIKEBRIDGE_COMPILE", "1")
     monkeypatch.setattr(neurons_module, "_COMPILED", {})
+    monkeypatch.setattr(neurons_module, "CHUNK", 2)
     gen = torch.Generator().manual_seed(3)
-    x = torch.rand(4, 2, 3, 4, 4, generator=gen) * 1.5
-    w = torch.randn(4, 2, 3, 4, 4, generator=gen)
+    x = torch.rand(5, 2, 3, 4, 4, generator=gen) * 1.5
+    w = torch.randn(5, 2, 3, 4, 4, generator=gen)
     out_c, grad_c = _outputs_and_grads(LIF(0.5, 0.25), x, w)
     assert set(neurons_module._COMPILED) == {"forward", "backward"}
     out_l, grad_l = _outputs_and_grads(LIF(0.5, 0.25, backend="loop"), x, w)
