@@ -13,8 +13,11 @@ the converted IF (METHODS 2.1) is ``decay=1, subtract, non-strict, φ=0.5`` and 
 
 - ``loop``: plain per-step autograd, the reference the tests compare against;
 - ``fused``: one autograd node whose forward and hand-written BPTT backward each run the
-  whole time loop, compiled with ``torch.compile`` into a single kernel on CPU and GPU
-  (set ``SPIKEBRIDGE_COMPILE=0`` to run the same kernels eagerly). Only ``h`` is saved.
+  whole time loop, compiled with ``torch.compile`` on CPU and GPU (set
+  ``SPIKEBRIDGE_COMPILE=0`` to run the same kernels eagerly). Only ``h`` is saved. A kernel
+  covers at most ``CHUNK`` steps: a longer window loops over chunks with the state carried
+  between them, so the compile cost does not grow with T and inductor's on-disk cache
+  serves later processes.
 
 There is no single-step mode. A tensor without the time dimension (e.g. one step
 ``[B, C, H, W]``) would be read as ``B`` time-steps of ``C`` samples and mix samples into
@@ -163,14 +166,14 @@ def _chunked_backward(
     """``dL/dx`` of the whole window, chunks in reverse order (see ``CHUNK``)."""
     chunks = _chunks(grad.shape[0])
     grad_v = torch.zeros_like(h[0])
+    # An expanded gradient (of a sum, a mean) stays a view: no [T, B, ...] copy of it.
+    grad = grad if 0 in grad.stride() else grad.contiguous()
     if len(chunks) == 1:
-        return _kernel("backward", _backward_kernel)(grad.contiguous(), h, grad_v, theta, *config)[
-            0
-        ]
+        return _kernel("backward", _backward_kernel)(grad, h, grad_v, theta, *config)[0]
     grad_x = torch.empty_like(h)
     for start, stop, compiled in reversed(chunks):
         kernel = _kernel("backward", _backward_kernel) if compiled else _backward_kernel
-        gx, grad_v = kernel(grad[start:stop].contiguous(), h[start:stop], grad_v, theta, *config)
+        gx, grad_v = kernel(grad[start:stop], h[start:stop], grad_v, theta, *config)
         grad_x[start:stop] = gx
     return grad_x
 

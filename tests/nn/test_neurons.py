@@ -244,6 +244,24 @@ def test_chunked_window_equals_loop_float64(
     torch.testing.assert_close(grad_f, grad_l, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("chunk", [2, 8])
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_expanded_upstream_gradient(
+    reduce: str, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gradient of a sum or mean reaches the neuron expanded (stride 0) and is used as a
+    view, not copied: gradients still equal the reference loop's, in one chunk or several."""
+    monkeypatch.setattr(neurons_module, "CHUNK", chunk)
+    x = torch.rand(5, 2, 3, 2, 2, dtype=torch.float64) * 1.6 - 0.3
+    grads = []
+    for backend in ("fused", "loop"):
+        xi = x.clone().requires_grad_(True)
+        getattr(LIF(0.5, 0.25, surrogate="atan", backend=backend).double()(xi), reduce)().backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+    assert grads[0].abs().sum() > 0
+
+
 def test_chunks_cover_the_window_once() -> None:
     for steps in (1, 7, 8, 9, 16, 100):
         chunks = neurons_module._chunks(steps)
