@@ -26,7 +26,8 @@ Reported per framework: the median over interleaved rounds (one call of each fra
 round, so a load on the machine slows them alike) of Linear + LIF forward + backward (``ms``)
 and, apart, of the LIF alone on the same currents (``lif_ms``, the part that differs between
 frameworks: the Linear's matrix products are the same calls for all and dominate on a CPU);
-the first call (compilation included) is timed apart and excluded. Peak memory (``peak_mib``,
+the first call (compilation included) is timed apart and excluded; a row ``(Linear only)``
+times the Linear with no LIF (the part every row shares). Peak memory (``peak_mib``,
 ``lif_peak_mib``): on CPU the highest resident set size sampled every 0.2 ms during one call,
 minus the resident size just before it (model, input and, for ``lif``, the currents already
 in place; gradients set to None), with glibc's mmap threshold fixed so freed blocks leave the
@@ -74,6 +75,7 @@ from spikebridge.nn import SpikingNeuron  # noqa: E402
 BETA, THETA, ALPHA = 0.75, 1.0, 4.0
 FRAMEWORKS = ("spikebridge", "spikingjelly", "snntorch", "norse")
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
+LINEAR_ONLY = "(Linear only)"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -286,11 +288,12 @@ def bench_frameworks(args: argparse.Namespace) -> dict[str, Any]:
     currents.requires_grad_(True)
     lifs = build_lifs(args)
     full = {name: full_step(linear, lif, x) for name, lif in lifs.items()}
+    full[LINEAR_ONLY] = full_step(linear, lambda currents: currents, x)  # the shared part
     alone = {name: lif_step(lif, currents) for name, lif in lifs.items()}
     first = {}
-    for name in lifs:  # compilation happens here, timed apart
+    for name in full:  # compilation happens here, timed apart
         start = time.perf_counter()
-        alone[name]()
+        alone.get(name, lambda: None)()
         full[name]()
         sync()
         first[name] = time.perf_counter() - start
@@ -306,7 +309,11 @@ def bench_frameworks(args: argparse.Namespace) -> dict[str, Any]:
             "lif_ms": lif_ms[name], "lif_peak_mib": peak_mib(alone[name], args.device, currents),
             "first_call_s": first[name], **agreement[name],
         })  # fmt: skip
-    return {"results": results, "total_elements": currents.numel()}
+    reference = {
+        "ms": full_ms[LINEAR_ONLY],
+        "peak_mib": peak_mib(full[LINEAR_ONLY], args.device, *params),
+    }
+    return {"results": results, "linear_only": reference, "total_elements": currents.numel()}
 
 
 # --- part compile ------------------------------------------------------------------------
@@ -388,6 +395,8 @@ def frameworks_table(result: dict[str, Any]) -> str:
             f"| {r['lif_ms']:.1f} | {r['lif_peak_mib']:.0f} | {r['first_call_s']:.1f} "
             f"| {r['spikes']} | {r['mismatches']} |"
         )
+    ref = result["linear_only"]
+    lines.append(f"| {LINEAR_ONLY} | {ref['ms']:.0f} | {ref['peak_mib']:.0f} | | | | | |")
     return "\n".join(lines)
 
 

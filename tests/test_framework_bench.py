@@ -42,6 +42,7 @@ def test_json_shape_on_a_tiny_size(bench, tmp_path: Path) -> None:  # type: igno
     data = json.loads(out.read_text())
     assert data["settings"]["timesteps"] == 3 and data["settings"]["neurons"] == 32
     assert data["total_elements"] == 3 * 2 * 32
+    assert set(data["linear_only"]) == {"ms", "peak_mib"}
     (row,) = data["results"]
     assert row["framework"] == "spikebridge" and row["device"] == "cpu"
     for key in ("ms", "peak_mib", "lif_ms", "lif_peak_mib", "first_call_s"):
