@@ -146,34 +146,40 @@ def _chunks(steps: int) -> list[tuple[int, int, bool]]:
 
 def _chunked_forward(
     x: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor, *config: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spikes and potentials ``h`` of the whole window, chunk by chunk (see ``CHUNK``)."""
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Spikes of the whole window and the potentials ``h`` of each chunk (see ``CHUNK``).
+
+    ``h`` stays in the chunks the kernel returned (saved for backward as they are): no
+    ``[T, B, ...]`` buffer to copy them into, so the forward's peak is the spikes, ``h`` and
+    one chunk's spikes."""
     chunks = _chunks(x.shape[0])
     if len(chunks) == 1:
-        return _kernel("forward", _forward_kernel)(x, theta, v0, *config)[:2]
+        spikes, h, _ = _kernel("forward", _forward_kernel)(x, theta, v0, *config)
+        return spikes, [h]
     # One contiguous state layout for every chunk, so the compiled kernel sees one signature.
-    spikes, h, v = torch.empty_like(x), torch.empty_like(x), v0.expand_as(x[0]).contiguous()
+    spikes, h, v = torch.empty_like(x), [], v0.expand_as(x[0]).contiguous()
     for start, stop, compiled in chunks:
         kernel = _kernel("forward", _forward_kernel) if compiled else _forward_kernel
         o, hc, v = kernel(x[start:stop], theta, v, *config)
-        spikes[start:stop], h[start:stop] = o, hc
+        spikes[start:stop] = o
+        h.append(hc)
     return spikes, h
 
 
 def _chunked_backward(
-    grad: torch.Tensor, h: torch.Tensor, theta: torch.Tensor, *config: Any
+    grad: torch.Tensor, h: list[torch.Tensor], theta: torch.Tensor, *config: Any
 ) -> torch.Tensor:
     """``dL/dx`` of the whole window, chunks in reverse order (see ``CHUNK``)."""
     chunks = _chunks(grad.shape[0])
-    grad_v = torch.zeros_like(h[0])
+    grad_v = torch.zeros_like(h[0][0])
     # An expanded gradient (of a sum, a mean) stays a view: no [T, B, ...] copy of it.
     grad = grad if 0 in grad.stride() else grad.contiguous()
     if len(chunks) == 1:
-        return _kernel("backward", _backward_kernel)(grad, h, grad_v, theta, *config)[0]
-    grad_x = torch.empty_like(h)
-    for start, stop, compiled in reversed(chunks):
+        return _kernel("backward", _backward_kernel)(grad, h[0], grad_v, theta, *config)[0]
+    grad_x = torch.empty_like(grad, memory_format=torch.contiguous_format)
+    for (start, stop, compiled), hc in zip(reversed(chunks), reversed(h), strict=True):
         kernel = _kernel("backward", _backward_kernel) if compiled else _backward_kernel
-        gx, grad_v = kernel(grad[start:stop], h[start:stop], grad_v, theta, *config)
+        gx, grad_v = kernel(grad[start:stop], hc, grad_v, theta, *config)
         grad_x[start:stop] = gx
     return grad_x
 
@@ -185,13 +191,13 @@ class _FusedNeuron(torch.autograd.Function):
     def forward(ctx, x, theta, v0, decay, hard, strict, detach_reset, surrogate, alpha):  # type: ignore[override]
         spikes, h = _chunked_forward(x, theta, v0, decay, hard, strict)
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(h, theta)
+            ctx.save_for_backward(theta, *h)
             ctx.config = (decay, hard, strict, detach_reset, surrogate, alpha)
         return spikes
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        h, theta = ctx.saved_tensors
+        theta, *h = ctx.saved_tensors
         return (_chunked_backward(grad, h, theta, *ctx.config),) + (None,) * 8
 
 
