@@ -439,18 +439,24 @@ def _reexec_with_fixed_mmap_threshold() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
-if __name__ == "__main__":
-    cli = get_args_parser().parse_args()
+def run_cli(argv: list[str]) -> int:
+    """The command line: exit status 0, 2 on bad input (one sentence on stderr), 130."""
+    cli = get_args_parser().parse_args(argv)
     if cli.worker:
         torch.set_num_threads(1)
         print(json.dumps(compile_worker(json.loads(cli.worker))))
-        sys.exit(0)
+        return 0
     problem = check_args(cli)
     if problem:
         print(problem, file=sys.stderr)
-        sys.exit(2)
+        return 2
     _reexec_with_fixed_mmap_threshold()
     try:
         main(cli)
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(sys.argv[1:]))

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -60,13 +57,12 @@ def test_spike_agreement_counts_mismatches(bench) -> None:  # type: ignore[no-un
     assert report["other"] == {"spikes": 2, "mismatches": 4}
 
 
-def test_bad_input_exits_2_with_one_sentence(tmp_path: Path) -> None:
+def test_bad_input_exits_2_with_one_sentence(bench, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "never.json"
-    cmd = [sys.executable, str(SCRIPT), "--timesteps", "0", "--json", str(out)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "--timesteps must be a positive integer, got 0"
+    assert bench.run_cli(["--timesteps", "0", "--json", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == "--timesteps must be a positive integer, got 0"
+    assert bench.run_cli(["--device", "tpu"]) == 2
+    assert "--device must be cpu or cuda" in capsys.readouterr().err
     assert not out.exists()
 
 
