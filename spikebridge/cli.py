@@ -5,16 +5,21 @@ its arguments to an ``argparse`` parser, and a function that runs it and returns
 code. Config-driven commands use :func:`spikebridge.config.add_config_arguments` with the
 sections they need, so every field of those sections becomes an option automatically.
 
-Errors caused by bad input (:class:`SpikebridgeError`) print ``error: <sentence>`` to stderr
-and exit with code 2, without a traceback.
+Exit codes: 0 ok; 2 bad input (:class:`SpikebridgeError`: ``error: <sentence>`` on stderr,
+no traceback, nothing half-written); 130 interrupted by Ctrl-C, 143 by SIGTERM (what was not
+committed is removed; the line says how to continue, when a run can be continued); 1, with
+a traceback, is a bug.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 from spikebridge import __version__
@@ -29,7 +34,7 @@ from spikebridge.cli_report import (
 from spikebridge.config import TRAIN_SECTIONS, add_config_arguments, config_from_args
 from spikebridge.demo import add_demo_arguments, run_demo_command
 from spikebridge.engine.runs import eval_run, stored_config, train_run
-from spikebridge.errors import ConfigError, SpikebridgeError
+from spikebridge.errors import ConfigError, SpikebridgeError, Terminated, resumable_run
 from spikebridge.recipes.compare import add_compare_arguments, run_compare
 from spikebridge.recipes.conversion import (
     add_analyze_arguments,
@@ -225,8 +230,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose interrupted run continues with --resume --out RUN, and commands that pick up
+# where they stopped when started again (finished runs reused, the interrupted one resumed).
+RESUME_COMMANDS = ("train", "distill")
+RERUN_COMMANDS = ("idsnn", "experiment")
+
+
+def interrupted_message(command: str, exc: KeyboardInterrupt) -> str:
+    """The line printed after Ctrl-C or SIGTERM: how to continue, only when a run committed
+    an epoch (the claim marked it) and the command can continue it."""
+    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    run = resumable_run(exc)
+    if run and command in RESUME_COMMANDS:
+        return f"{what}; continue with: spikebridge {command} --resume --out {run}"
+    if run and command in RERUN_COMMANDS:
+        return f"{what}; run the same command again: finished runs are reused and {run} resumes"
+    return f"{what}; nothing was left to resume."
+
+
+@contextmanager
+def sigterm_as_exception() -> Iterator[None]:
+    """In the main thread, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt), so a run
+    stops as after Ctrl-C and removes what it had not committed; forked children keep the
+    default action."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def terminate(signum: int, _frame: Any) -> None:
+        if os.getpid() != owner:  # a worker process forked from this one
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``spikebridge`` command line; returns the exit code (2 for bad input)."""
+    """Run the ``spikebridge`` command line; returns the exit code: 0 ok, 2 bad input (one
+    sentence on stderr), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); a traceback
+    (exit 1) is a bug."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, argparse usage errors
@@ -234,10 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 prints results
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     try:
-        return args._run_command(args)
+        with sigterm_as_exception():
+            return args._run_command(args)
     except SpikebridgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume --out RUN_DIR", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(interrupted_message(args.command, exc), file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130

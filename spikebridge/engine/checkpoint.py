@@ -14,7 +14,9 @@ DESIGN "a run is a folder" and "checkpoints rebuild themselves". A training run 
   rewrites them from it, so a kill between the files cannot make them disagree;
 - ``summary.json``: the final results, written LAST; a folder is finished exactly when it
   has one, and every reader requires it (:func:`spikebridge.engine.rundir.validate_run_dir`);
-- ``.lock``: locked (``flock``) by the process writing the folder (:mod:`.rundir`).
+- ``.lock``: locked (``flock``) by the process writing the folder (:mod:`.rundir`);
+- ``.spikebridge-files``: the names the writer created, each recorded before it is created
+  (:func:`spikebridge.engine.rundir.note_write`); spikebridge removes nothing else.
 
 Every file is written to a temporary file in the same folder, flushed to disk and moved into
 place with ``os.replace``, so an interrupted write never leaves a half-written file behind.
@@ -46,6 +48,9 @@ BEST_WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = ".lock"
+# The names this folder's writer created, recorded before each is created (write-ahead): what
+# marks a folder as ours, and all that a failed or restarted attempt may remove (rundir).
+MANIFEST_FILE = ".spikebridge-files"
 CHECKPOINT_FORMAT = 2  # 1 was the two-file layout below
 # The old layout's resume files: finished old runs stay readable, unfinished ones are refused.
 LAST_WEIGHTS = "last.safetensors"
@@ -57,7 +62,10 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DDP / DataParalle
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
+    from spikebridge.engine.rundir import note_write  # rundir reads this module's files
+
     path = Path(path)
+    note_write(path)  # recorded before anything is created, or refused when not ours
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     except OSError as exc:

@@ -9,6 +9,13 @@ processes and failures:
   ``--out`` is refused with one sentence (exit 2) instead of both writing mixed files. The
   kernel drops the lock when its holder dies, even by ``kill -9``, so the ``.lock`` file left
   behind never blocks a later run. (Without ``fcntl``, e.g. on Windows, there is no lock.)
+- **Ours only.** A writer touches nothing it did not write. Each name it creates in the
+  folder is recorded in ``.spikebridge-files`` *before* the file is created
+  (:func:`note_write`, called by every atomic write), so even after a ``kill -9`` the record
+  lists everything the attempt may have left. A non-empty folder without such a record (and
+  without a checkpoint or summary) is not ours: ``--out`` naming it is refused with one
+  sentence and the folder is left as it was; an existing file that was not recorded is never
+  overwritten.
 - **States.** A folder is ``new`` (absent, or no run file in it), ``unstarted``
   (``config.json`` but neither ``checkpoint.pt`` nor ``summary.json``: a run that failed or
   was killed before its first epoch was committed, or a conversion killed before
@@ -16,9 +23,9 @@ processes and failures:
   (``summary.json``) or ``old-layout`` (the previous layout's ``train_state.pt`` without
   ``checkpoint.pt`` or ``summary.json``) -- see :func:`run_status`.
 - **Failed runs.** Our choice: an ``interrupted`` run continues with ``--resume`` (bit-exact,
-  from its last committed epoch); an ``unstarted`` folder is simply started again by the
-  same command (the previous attempt's files are removed first), so a run that failed
-  before its first checkpoint never blocks its rerun, even with changed options; a
+  from its last committed epoch); an ``unstarted`` folder of ours is simply started again by
+  the same command (the files its previous attempt recorded are removed first), so a run that
+  failed before its first checkpoint never blocks its rerun, even with changed options; a
   ``finished`` run is never overwritten. Folders of the previous layout: finished ones stay
   readable by every reader; unfinished ones are refused with a sentence (their two resume
   files may be an epoch apart, the bug this layout removes).
@@ -29,10 +36,12 @@ processes and failures:
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +51,14 @@ from spikebridge.engine.checkpoint import (
     CONFIG_FILE,
     LAST_WEIGHTS,
     LOCK_FILE,
+    MANIFEST_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
     TMP_SUFFIX,
     TRAIN_STATE,
     read_json,
 )
-from spikebridge.errors import ConfigError, RunError
+from spikebridge.errors import ConfigError, RunError, SpikebridgeError, mark_resumable
 
 try:
     import fcntl
@@ -61,8 +71,28 @@ NEW, UNSTARTED, INTERRUPTED, FINISHED, OLD_LAYOUT = (
 # What a reader needs: "run" = a finished run with weights; "ann" = the same, not spiking
 # (convert's input); "results" = a finished folder's summary (report; weights not needed).
 RUN_KINDS = ("run", "ann", "results")
-# Files of a previous attempt, removed before an unstarted folder is started again.
-ATTEMPT_FILES = (CONFIG_FILE, METRICS_FILE, BEST_WEIGHTS, LAST_WEIGHTS)
+# The files a run writes: in an unfinished folder of an older spikebridge (which kept no
+# record of what it wrote) these are taken as the run's own, so that --resume may rewrite them.
+RUN_FILES = (CONFIG_FILE, CHECKPOINT, METRICS_FILE, BEST_WEIGHTS, SUMMARY_FILE, LAST_WEIGHTS)
+MANIFEST_NOTE = (
+    "written by spikebridge: the files of this run, each recorded before it was created; a "
+    "failed or restarted run removes only these"
+)
+
+
+@dataclass
+class _Attempt:
+    """A claimed folder: the names this attempt recorded, and whether the claim created the
+    folder and its lock file (so that a failure can take back exactly those)."""
+
+    path: Path
+    names: list[str]
+    created: bool
+    lock_created: bool
+
+
+# Folders claimed by this process (resolved) -> their attempt (see note_write).
+_CLAIMED: dict[Path, _Attempt] = {}
 
 
 def run_status(run_dir: str | Path) -> str:
@@ -235,43 +265,44 @@ def claim_run_dir(
     run_dir: str | Path, resume: bool, resumable: bool = True, leftovers: Iterable[str] = ()
 ) -> Iterator[str]:
     """Lock ``run_dir`` for writing and yield its state (new, interrupted or finished); the
-    lock is held until the block ends.
+    lock is held until the block ends, and every file written into the folder meanwhile is
+    recorded first in ``.spikebridge-files`` (:func:`note_write`).
 
-    Refused (:func:`check_claimable`): a finished run unless ``resume`` (the caller then
-    returns its summary), an interrupted one unless ``resume``, any existing run when the
-    writer has no ``--resume`` (``resumable=False``, e.g. ``convert``), an old-layout
-    unfinished run. An unstarted folder first loses the previous attempt's files
-    (``ATTEMPT_FILES`` and ``leftovers``, names of files or folders) and counts as new;
-    stale temporary files (a write cut by a kill) are removed. When the block fails before
-    an epoch was committed, the attempt's files are removed again, and the folder too when
-    this call created it and nothing else is left: a failed run leaves nothing to block or
-    mislead its rerun. (A ``kill -9`` skips this; the next claim cleans up instead.)
+    Refused (:func:`check_claimable`, before anything is created): a non-empty folder that
+    is not a spikebridge run folder, a finished run unless ``resume`` (the caller then returns
+    its summary), an interrupted one unless ``resume``, any existing run when the writer has
+    no ``--resume`` (``resumable=False``, e.g. ``convert``), an old-layout unfinished run. An
+    unstarted folder first loses the files its previous attempt recorded, and counts as new.
+    When the block fails before an epoch was committed, the files this attempt recorded are
+    removed, and the folder too when this call created it: a failed run leaves nothing to
+    block or mislead its rerun, and no file it did not write is touched. (A ``kill -9`` skips
+    this; the next claim cleans up instead.) ``leftovers``: names, besides the run files, that
+    this writer makes; in an interrupted folder of an older spikebridge (no record) they and
+    the run files count as its own.
     """
-    attempt = (*ATTEMPT_FILES, *leftovers)
-    created = not Path(run_dir).exists()
+    run_dir = check_out_path(run_dir)
+    created, lock_created = not run_dir.exists(), not (run_dir / LOCK_FILE).exists()
+    check_claimable(run_dir, run_status(run_dir), resume, resumable)  # before the lock file
     with locked(run_dir) as path:
         status = run_status(path)
         check_claimable(path, status, resume, resumable)
-        for tmp in path.glob(f".*{TMP_SUFFIX}"):
-            tmp.unlink(missing_ok=True)
-        if status == UNSTARTED:
-            _remove(path, attempt)
-            status = NEW
+        names = _start_attempt(path, status, (*RUN_FILES, *leftovers))
+        attempt = _Attempt(path, names, created, lock_created)
+        _CLAIMED[path.resolve()] = attempt
         try:
-            yield status
-        except BaseException:
-            if run_status(path) in (NEW, UNSTARTED):
-                _remove(path, attempt)
-                if created and {p.name for p in path.iterdir()} <= {LOCK_FILE}:
-                    _remove(path, (LOCK_FILE,))
-                    path.rmdir()
+            yield NEW if status == UNSTARTED else status
+        except BaseException as exc:
+            _after_failure(attempt, exc, resumable)
             raise
+        finally:
+            del _CLAIMED[path.resolve()]
 
 
 def check_claimable(run_dir: Path, status: str, resume: bool, resumable: bool = True) -> None:
     """ConfigError when a writer may not take a folder in ``status`` (see
     :func:`claim_run_dir`); also used before the lock, to refuse before loading data."""
     name = repr(str(run_dir))
+    check_not_foreign(run_dir, status)
     if status == OLD_LAYOUT:
         raise ConfigError(
             f"run folder {name} holds an unfinished run of an older spikebridge ({TRAIN_STATE}), "
@@ -286,6 +317,97 @@ def check_claimable(run_dir: Path, status: str, resume: bool, resumable: bool = 
             f"run folder {name} already holds a run, interrupted; pass --resume to continue it "
             "or choose another --out."
         )
+
+
+def check_not_foreign(run_dir: Path, status: str) -> None:
+    """ConfigError when ``run_dir`` is a non-empty folder that is not one of our run folders:
+    no record of ours (``.spikebridge-files``), no checkpoint and no summary. Such a folder
+    is never written to, so nothing in it can be lost (e.g. ``--out ~/Documents``)."""
+    if status in (FINISHED, INTERRUPTED, OLD_LAYOUT) or not run_dir.is_dir():
+        return
+    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
+    if entries and MANIFEST_FILE not in entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ConfigError(
+            f"--out {str(run_dir)!r} is a folder holding files spikebridge did not write "
+            f"({shown}); give a new or empty folder, or one of spikebridge's run folders."
+        )
+
+
+# ----------------------------------------------------------------------------- what is ours
+
+
+def recorded_files(run_dir: str | Path) -> list[str] | None:
+    """The names ``.spikebridge-files`` records (None when the folder has no record)."""
+    path = Path(run_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    names = record.get("written") if isinstance(record, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise RunError(f"{str(path)!r} does not hold a list of file names; the file is damaged.")
+    return [n for n in names if n and "/" not in n and n not in (".", "..")]
+
+
+def note_write(path: str | Path) -> None:
+    """Record ``path`` as this run's before it is created (write-ahead), when its folder is
+    claimed by this process; RunError when it exists and was not written by this run (it is
+    never overwritten). Every writer of a claimed folder calls this (atomic_write does)."""
+    path = Path(path)
+    attempt = _CLAIMED.get(path.parent.resolve())
+    if attempt is None or path.name in attempt.names or path.name == MANIFEST_FILE:
+        return
+    if path.exists() or path.is_symlink():
+        raise RunError(
+            f"{str(path)!r} exists and was not written by this run, which never overwrites it; "
+            "move it away or choose another --out."
+        )
+    attempt.names.append(path.name)
+    _save_record(path.parent, attempt.names)
+
+
+def _save_record(run_dir: Path, names: list[str]) -> None:
+    from spikebridge.engine.checkpoint import write_json  # rundir reads this module's files
+
+    write_json(run_dir / MANIFEST_FILE, {"written": names, "note": MANIFEST_NOTE})
+
+
+def _start_attempt(path: Path, status: str, run_files: Iterable[str]) -> list[str]:
+    """The names this attempt owns: the record, or (an interrupted or finished folder of an
+    older spikebridge) its run files; a new or unstarted folder first loses them."""
+    names = recorded_files(path)
+    if names is None:
+        adopt = status in (INTERRUPTED, FINISHED)
+        names = [n for n in dict.fromkeys(run_files) if adopt and (path / n).exists()]
+    for name in (*names, MANIFEST_FILE):  # temporary files of a write cut by a kill
+        for tmp in path.glob(f".{glob.escape(name)}.*{TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+    if status in (NEW, UNSTARTED):
+        _remove(path, names)
+        names = []
+    _save_record(path, names)
+    return names
+
+
+def _after_failure(attempt: _Attempt, exc: BaseException, resumable: bool) -> None:
+    """After a failed block: an epoch committed -> mark a Ctrl-C resumable; else remove
+    what this attempt recorded, then the record and lock file if this claim created the lock
+    file and nothing else is left, and the folder if this claim created it."""
+    path, status = attempt.path, run_status(attempt.path)
+    if status == INTERRUPTED and resumable:
+        mark_resumable(exc, path)
+    if status not in (NEW, UNSTARTED):
+        return
+    _remove(path, attempt.names)
+    attempt.names.clear()
+    with suppress(SpikebridgeError, OSError):  # the original error is the one to report
+        _save_record(path, attempt.names)
+        if attempt.lock_created and not {p.name for p in path.iterdir()} - {
+            LOCK_FILE, MANIFEST_FILE,
+        }:  # fmt: skip
+            _remove(path, (MANIFEST_FILE, LOCK_FILE))
+            if attempt.created:
+                path.rmdir()
 
 
 def _remove(run_dir: Path, names: Iterable[str]) -> None:

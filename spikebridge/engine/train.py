@@ -42,6 +42,7 @@ from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import distributed as ddp
 from spikebridge.engine.distributed import evaluate_sharded as evaluate
 from spikebridge.engine.optim import build_optimizer, build_scheduler
+from spikebridge.engine.rundir import note_write
 from spikebridge.engine.tasks import Task
 from spikebridge.errors import ConfigError, ModelError
 
@@ -79,7 +80,10 @@ def open_tensorboard(run_dir: str | Path | None) -> Any:
             "--tensorboard needs the tensorboard package; install it with "
             "pip install 'spikebridge[tensorboard]'."
         ) from None
-    return SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR)) if run_dir is not None else None
+    if run_dir is None:
+        return None
+    note_write(Path(run_dir) / TENSORBOARD_DIR)  # this run's folder, recorded before it exists
+    return SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR))
 
 
 @dataclass

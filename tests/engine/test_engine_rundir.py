@@ -189,18 +189,26 @@ def test_a_run_that_failed_before_its_first_checkpoint_is_rerun_cleanly(
         assert main(["train", *TINY_ARGS, "--lr", "50", "--out", str(run)]) == 2
     assert "diverged" in one_error_line(capsys)
     assert not run.exists()  # created by the failed run, removed by it
-    # the same failure cut by kill -9 (no clean-up): config.json, a tensorboard folder, a temp
-    run.mkdir()
-    ckpt.write_json(run / ckpt.CONFIG_FILE, tiny_config(run, lr=50.0).to_dict())
-    (run / "tensorboard").mkdir()
-    (run / f".{ckpt.CONFIG_FILE}.x{ckpt.TMP_SUFFIX}").write_text("{")
+    # the same failure cut by kill -9 (no clean-up): config.json, a temporary file, and a
+    # file the user put into the folder since
+    def killed(self, epoch):
+        (run / f".{ckpt.CONFIG_FILE}.x{ckpt.TMP_SUFFIX}").write_text("{")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "run_epoch", killed)
+        patch.setattr(rundir, "_after_failure", lambda *args: None)  # what kill -9 skips
+        assert main(["train", *TINY_ARGS, "--lr", "50", "--out", str(run)]) == 130
+    assert "nothing was left to resume" in capsys.readouterr().err
+    (run / "notes.txt").write_text("mine")
     assert rundir.run_status(run) == rundir.UNSTARTED
     assert main(["train", *TINY_ARGS, "--lr", "0.05", "--out", str(run)]) == 0  # no --resume
     assert ckpt.read_json(run / ckpt.CONFIG_FILE)["optim"]["lr"] == 0.05
     assert {p.name for p in run.iterdir()} == {
-        ckpt.LOCK_FILE, ckpt.CONFIG_FILE, ckpt.CHECKPOINT, ckpt.METRICS_FILE, ckpt.BEST_WEIGHTS,
-        ckpt.SUMMARY_FILE,
+        ckpt.LOCK_FILE, ckpt.MANIFEST_FILE, ckpt.CONFIG_FILE, ckpt.CHECKPOINT, ckpt.METRICS_FILE,
+        ckpt.BEST_WEIGHTS, ckpt.SUMMARY_FILE, "notes.txt",
     }  # fmt: skip
+    assert (run / "notes.txt").read_text() == "mine"
 
 
 def test_a_run_folder_of_the_old_layout(reference, tmp_path, capsys):
