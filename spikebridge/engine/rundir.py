@@ -74,6 +74,8 @@ RUN_KINDS = ("run", "ann", "results")
 # The files a run writes: in an unfinished folder of an older spikebridge (which kept no
 # record of what it wrote) these are taken as the run's own, so that --resume may rewrite them.
 RUN_FILES = (CONFIG_FILE, CHECKPOINT, METRICS_FILE, BEST_WEIGHTS, SUMMARY_FILE, LAST_WEIGHTS)
+# Kinds of record: a run folder, or the output folder of several runs (experiment, idsnn).
+RUN_RECORD, OUTPUTS_RECORD = "run", "outputs"
 MANIFEST_NOTE = (
     "written by spikebridge: the files of this run, each recorded before it was created; a "
     "failed or restarted run removes only these"
@@ -326,19 +328,20 @@ def check_not_foreign(run_dir: Path, status: str) -> None:
     if status in (FINISHED, INTERRUPTED, OLD_LAYOUT) or not run_dir.is_dir():
         return
     entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
-    if entries and MANIFEST_FILE not in entries:
+    if entries and recorded_files(run_dir) is None:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise ConfigError(
-            f"--out {str(run_dir)!r} is a folder holding files spikebridge did not write "
-            f"({shown}); give a new or empty folder, or one of spikebridge's run folders."
+            f"--out {str(run_dir)!r} is a folder that is not a spikebridge run folder (it holds "
+            f"{shown}); give a new or empty folder, or one of spikebridge's run folders."
         )
 
 
 # ----------------------------------------------------------------------------- what is ours
 
 
-def recorded_files(run_dir: str | Path) -> list[str] | None:
-    """The names ``.spikebridge-files`` records (None when the folder has no record)."""
+def recorded_files(run_dir: str | Path, kind: str = RUN_RECORD) -> list[str] | None:
+    """The names ``.spikebridge-files`` records for a folder of ``kind`` (None when the folder
+    has no record, or one of another kind: an experiment's folder is not a run folder)."""
     path = Path(run_dir) / MANIFEST_FILE
     if not path.is_file():
         return None
@@ -346,7 +349,32 @@ def recorded_files(run_dir: str | Path) -> list[str] | None:
     names = record.get("written") if isinstance(record, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise RunError(f"{str(path)!r} does not hold a list of file names; the file is damaged.")
+    if record.get("kind", RUN_RECORD) != kind:
+        return None
     return [n for n in names if n and "/" not in n and n not in (".", "..")]
+
+
+def prepare_output_folder(path: str | Path, names: Iterable[str]) -> Path:
+    """Create the output folder of several runs (an experiment, the idsnn pipeline) and
+    return it; ConfigError (nothing created) when it exists, is not empty and is neither
+    recorded as such an output folder nor holds only ``names`` (the files and run folders
+    this command writes there; an output folder of an older spikebridge)."""
+    path, names = check_out_path(path), sorted(names)
+    entries = {p.name for p in path.iterdir()} if path.is_dir() else set()
+    ours = recorded_files(path, OUTPUTS_RECORD) is not None or entries <= set(names)
+    if not ours:
+        shown = ", ".join(sorted(entries - set(names))[:3])
+        raise ConfigError(
+            f"--out {str(path)!r} is a folder holding files spikebridge did not write "
+            f"({shown}); give a new or empty folder, or this command's earlier --out."
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create folder {str(path)!r} ({exc.strerror}).") from None
+    if MANIFEST_FILE not in entries:
+        _save_record(path, names, OUTPUTS_RECORD)
+    return path
 
 
 def note_write(path: str | Path) -> None:
@@ -366,10 +394,10 @@ def note_write(path: str | Path) -> None:
     _save_record(path.parent, attempt.names)
 
 
-def _save_record(run_dir: Path, names: list[str]) -> None:
+def _save_record(run_dir: Path, names: list[str], kind: str = RUN_RECORD) -> None:
     from spikebridge.engine.checkpoint import write_json  # rundir reads this module's files
 
-    write_json(run_dir / MANIFEST_FILE, {"written": names, "note": MANIFEST_NOTE})
+    write_json(run_dir / MANIFEST_FILE, {"kind": kind, "written": names, "note": MANIFEST_NOTE})
 
 
 def _start_attempt(path: Path, status: str, run_files: Iterable[str]) -> list[str]:

@@ -232,7 +232,16 @@ def _activations(spec: dict[str, Any]) -> list[str]:
     return [a for a, opts in acts.items() if opts is not None]
 
 
-@register_experiment("conversion")
+SPEC_KEYS = (
+    "dataset", "models", "blocks", "methods", "timesteps", "calibration_size", "percentile",
+    "tune_timesteps", "test_images", "tune_guard", "tune_phi", "channelwise", "tune_bias",
+    "compensate_stream", "tune_reference", "selection_size", "tune_epochs", "skip",
+    "collect_only", "train", "activations", "device", "data_dir",
+)  # fmt: skip
+OUTPUTS = ("anns", "conversions", "results.md", "results.json", PLOT_FILE)
+
+
+@register_experiment("conversion", SPEC_KEYS, config_keys=("train",), outputs=OUTPUTS)
 def run_conversion(spec: dict[str, Any], out_dir: Path, log: Callable[[str], None]) -> dict:
     """Run the depth x structure x method sweep (see the module docstring)."""
     models, blocks, methods, timesteps = _check_spec(spec)

@@ -209,7 +209,12 @@ def plot_curves(path: Path, arms: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
-@register_experiment("idsnn")
+SPEC_KEYS = ("settings", "teacher", "teacher_run", "student", "distill", "baseline", "arms")
+CONFIG_KEYS = ("settings", "teacher", "student", "distill")
+OUTPUTS = ("teacher", "arms", "results.md", "results.json", PLOT_FILE)
+
+
+@register_experiment("idsnn", SPEC_KEYS, config_keys=CONFIG_KEYS, outputs=OUTPUTS)
 def run_idsnn_experiment(spec: dict[str, Any], out_dir: Path, log: Log) -> dict[str, Any]:
     """Teacher once, then every arm; writes results.md, results.json and the plot."""
     arms_spec = check_spec(spec)

@@ -60,6 +60,7 @@ INIT_CHOICES = ("first", "spread", "none")
 INIT_REPORT_MD = "init_report.md"
 INIT_REPORT_JSON = "init_report.json"
 IDSNN_SUMMARY = "idsnn.json"
+PIPELINE_OUTPUTS = ("teacher", "student", IDSNN_SUMMARY)  # what idsnn writes into its --out
 # A distilled student is an IDSNN spiking network unless the user says otherwise.
 STUDENT_DEFAULTS: dict[str, Any] = {"model": {"neuron": "lif"}}
 Log = Callable[[str], None]
@@ -304,6 +305,8 @@ def idsnn_run(config: Config | Mapping[str, Any], log: Log = print_flush) -> dic
 def _idsnn_steps(config: Config, log: Log) -> dict[str, Any]:
     """The steps of :func:`idsnn_run` on this rank; only rank 0 writes ``idsnn.json``."""
     out = ddp.on_main(pipeline_dir, config)  # one name (it has a timestamp) for all ranks
+    if ddp.is_main_process():
+        rundir.prepare_output_folder(out, PIPELINE_OUTPUTS)
     teacher_dir = ensure_teacher(config, out / "teacher", log)
     student_dir = out / "student"
     resume = config.train.resume or rundir.run_status(student_dir) == rundir.INTERRUPTED
