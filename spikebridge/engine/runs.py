@@ -43,6 +43,7 @@ from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import distributed as ddp
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import evaluate, simulating
+from spikebridge.engine.memory import check_fits
 from spikebridge.engine.tasks import ClassificationTask
 from spikebridge.engine.train import (
     INIT_STREAM,
@@ -154,8 +155,15 @@ def setup_data(cfg: DataConfig, seed: int, device: torch.device) -> tuple[Loader
     return loaders, info
 
 
-def setup_model(cfg: ModelConfig, seed: int, device: torch.device) -> nn.Module:
-    """Build the model with initial weights drawn from ``seed`` alone."""
+def setup_model(
+    cfg: ModelConfig, seed: int, device: torch.device, info: DatasetInfo | None = None,
+    batch_size: int | None = None,
+) -> nn.Module:  # fmt: skip
+    """Build the model with initial weights drawn from ``seed`` alone; with the dataset's
+    ``info`` and the training ``batch_size``, a model that cannot be trained in the memory
+    free on ``device`` is refused first (:func:`memory.check_fits`), before allocating."""
+    if info is not None and batch_size is not None:
+        check_fits(cfg, info.image_size, batch_size, device.type)
     torch.manual_seed(derive_seed(seed, 0, INIT_STREAM))
     return build_from_config(cfg).to(device)
 
@@ -347,7 +355,7 @@ def _train_steps(config: Config, device: torch.device, log: Callable[[str], None
     config = config.replace("model", num_classes=info.num_classes, in_channels=info.in_channels)
     if config.train.resume:
         check_resumable(run_dir, config)
-    model = setup_model(config.model, config.train.seed, device)
+    model = setup_model(config.model, config.train.seed, device, info, config.data.batch_size)
     if getattr(config.train, "tensorboard", False):
         open_tensorboard(None)  # fail before the run folder exists when tensorboard is missing
     with claim_for_training(run_dir, config) as status:

@@ -18,6 +18,9 @@ from spikebridge.errors import ConfigError
 from spikebridge.models.resnet import ActivationSpec, ResNet
 
 _REGISTRY: dict[str, Callable[..., ResNet]] = {}
+# name -> (block, blocks per stage, base channels per stage): the shape of each registered
+# ResNet, read by checks that must not build the model (width bounds, memory estimates).
+ARCHITECTURES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {}
 
 FOUR_STAGE_WIDTHS = (64, 128, 256, 512)
 THREE_STAGE_WIDTHS = (16, 32, 64)
@@ -35,14 +38,14 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY, key=lambda n: (len(n), n))
 
 
-def _four_stage(block: str, layers: tuple[int, ...]) -> Callable[..., ResNet]:
-    return lambda **kw: ResNet(block, layers, FOUR_STAGE_WIDTHS, **kw)
+def _resnet(name: str, block: str, layers: tuple[int, ...], widths: tuple[int, ...]) -> None:
+    ARCHITECTURES[name] = (block, layers, widths)
+    register_model(name)(lambda **kw: ResNet(block, layers, widths, **kw))
 
 
-def _three_stage(depth: int, block: str = "basic") -> Callable[..., ResNet]:
-    per_block = 2 if block == "basic" else 3
-    n = (depth - 2) // (3 * per_block)
-    return lambda **kw: ResNet(block, (n, n, n), THREE_STAGE_WIDTHS, **kw)
+def _three_stage(name: str, depth: int, block: str = "basic") -> None:
+    n = (depth - 2) // (3 * (2 if block == "basic" else 3))
+    _resnet(name, block, (n, n, n), THREE_STAGE_WIDTHS)
 
 
 for _name, _block, _layers in [
@@ -52,11 +55,11 @@ for _name, _block, _layers in [
     ("resnet101", "bottleneck", (3, 4, 23, 3)),
     ("resnet152", "bottleneck", (3, 8, 36, 3)),
 ]:
-    register_model(_name)(_four_stage(_block, _layers))
+    _resnet(_name, _block, _layers, FOUR_STAGE_WIDTHS)
 
 for _depth in (20, 32, 44, 56, 110, 1202):
-    register_model(f"resnet{_depth}")(_three_stage(_depth))
-register_model("resnet164")(_three_stage(164, "bottleneck"))
+    _three_stage(f"resnet{_depth}", _depth)
+_three_stage("resnet164", 164, "bottleneck")
 
 
 @dataclass
@@ -99,8 +102,9 @@ class ModelConfig:
         for key in ("threshold", "surrogate_alpha"):
             if getattr(self, key) is not None:
                 _check_number(key, getattr(self, key), low=0.0)
-        for key in ("decay", "phi"):
-            _check_number(key, getattr(self, key))
+        _check_number("phi", self.phi)
+        _check_decay(self.decay)
+        _check_narrowest_stage(self.name, self.width)
         _check_number("stem_padding", self.stem_padding, low=0, integer=True)
 
     def activation_spec(self) -> ActivationSpec:
@@ -131,6 +135,32 @@ def _check_number(key: str, value: Any, low: float | None = None, integer: bool 
         what = "an integer" if integer else "a finite number"
         bound = "" if low is None else (f" >= {low}" if isinstance(low, int) else f" > {low:g}")
         raise ConfigError(f"model option {key!r} is {value!r}; expected {what}{bound}.")
+
+
+def _check_decay(decay: Any) -> None:
+    """The LIF leak multiplies the membrane potential each step (METHODS 1.1): in (0, 1]; 1
+    is no leak, above 1 the potential would grow by itself."""
+    _check_number("decay", decay)
+    if not 0 < decay <= 1:
+        raise ConfigError(
+            f"model option 'decay' is {decay!r}; expected the LIF leak factor in (0, 1] "
+            "(the share of the membrane potential kept per step, e.g. 0.25)."
+        )
+
+
+def _check_narrowest_stage(name: str, width: float) -> None:
+    """Our lower bound of ``width``: the narrowest stage keeps at least 1 channel, i.e.
+    ``width >= 1 / (its base channels)`` (below it every channel count would be rounded up
+    to 1 or more, a different network than the one asked for)."""
+    if name not in ARCHITECTURES:
+        return  # unknown names are refused by name when the model is built
+    narrowest = min(ARCHITECTURES[name][2])
+    if width * narrowest < 1:
+        raise ConfigError(
+            f"model option 'width' is {width!r}; {name}'s narrowest stage has {narrowest} base "
+            f"channels, so the width must be >= 1/{narrowest} = {1 / narrowest:g} to give "
+            "every layer at least one channel."
+        )
 
 
 def model_config_keys() -> list[str]:
