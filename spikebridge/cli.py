@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from spikebridge import __version__
 from spikebridge.analysis import measurement_at
@@ -216,9 +216,18 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (``error: ...``, exit 2) like every
+    other bad input, instead of the usage block; ``--help`` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message} (see {self.prog} --help).", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per entry of :data:`SUBCOMMANDS`."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="spikebridge", description="Accurate low-latency spiking neural networks from ANNs."
     )
     parser.add_argument("--version", action="version", version=f"spikebridge {__version__}")

@@ -18,11 +18,13 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     """``spikebridge report RUN``: write RUN/report.md and its PNG figures."""
-    from spikebridge.analysis.report import write_report  # matplotlib only when needed
+    from spikebridge.analysis.report import read_run_files, write_report  # matplotlib: lazy
 
     path = write_report(args.run_dir)
     figures = sorted(p.name for p in path.parent.glob("*.png"))
     print(f"wrote {path} ({len(figures)} figure(s): {', '.join(figures) or 'none'})")
+    for name, why in read_run_files(args.run_dir).skipped.items():  # as the report says
+        print(f"note: {name} was left out of the report ({why}).")
     return 0
 
 

@@ -446,6 +446,16 @@ def build_section(name: str, values: Mapping[str, Any]) -> Any:
     return section.cls(**kwargs)
 
 
+def check_count(option: str, value: int | None, low: int = 1) -> None:
+    """ConfigError unless ``value`` (a count given as ``option``, e.g. ``--batch-size``) is
+    None (the default) or an integer >= ``low``: 0 or -1 never silently means "all" or
+    "the default"."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+        raise ConfigError(
+            f"{option} is {value!r}; expected an integer >= {low} (leave it out for the default)."
+        )
+
+
 # ----------------------------------------------------------------------------- keys
 
 

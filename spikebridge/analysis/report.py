@@ -68,6 +68,7 @@ class RunFiles:
     path: Path
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # file name -> why it was left out
 
     def first_with(self, key: str) -> tuple[str, dict[str, Any]] | None:
         """``(file stem, result)`` of the first result holding ``key`` (summary, eval, rest)."""
@@ -80,23 +81,43 @@ class RunFiles:
 
 
 def read_run_files(run_dir: str | Path) -> RunFiles:
-    """Read every top-level ``*.json`` (dict) and ``metrics.jsonl`` of ``run_dir``."""
+    """Read every top-level ``*.json`` (dict) and ``metrics.jsonl`` of ``run_dir``.
+
+    A ``*.json`` file that cannot be read (not UTF-8, truncated, not JSON) is left out and
+    named in ``skipped`` with the reason, which the report prints: its other files still make
+    a valid report, and the reader learns which numbers are missing and why. A damaged
+    ``metrics.jsonl`` is a DataError (the training curves would be wrong, not just missing).
+    """
     path = Path(run_dir)
     if not path.is_dir():
         raise DataError(f"run folder {str(path)!r} does not exist.")
     run = RunFiles(path)
     for file in sorted(path.glob("*.json")):
         try:
-            data = json.loads(file.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # a foreign or half-written file is not a result: leave it out
+            data = json.loads(file.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            run.skipped[file.name] = _unreadable(exc)
+            continue
         if isinstance(data, dict):
             run.results[file.stem] = data
     metrics = path / METRICS_FILE
     if metrics.is_file():
-        lines = enumerate(metrics.read_text().splitlines(), start=1)
+        try:
+            text = metrics.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{str(metrics)!r} is not UTF-8 text; the file is damaged.") from None
+        lines = enumerate(text.splitlines(), start=1)
         run.metrics = [_json_line(metrics, n, line) for n, line in lines if line.strip()]
     return run
+
+
+def _unreadable(exc: Exception) -> str:
+    """Why a JSON file was left out, in a few words."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON, line {exc.lineno} column {exc.colno}: {exc.msg}; truncated?"
+    return f"unreadable: {getattr(exc, 'strerror', None) or exc}"
 
 
 def _json_line(path: Path, number: int, line: str) -> Any:
@@ -401,6 +422,8 @@ def write_report(run_dir: str | Path) -> Path:
     validate_run_dir(run_dir, kind="results")
     run = read_run_files(run_dir)
     lines = [f"# Run report: {run.path.name}", ""]
+    for name, why in run.skipped.items():
+        lines += [f"> Left out of this report: `{name}` ({why}).", ""]
     for section in SECTIONS:
         lines += section(run)
     path = run.path / REPORT_FILE

@@ -226,6 +226,23 @@ def check_out_path(run_dir: str | Path) -> Path:
     return run_dir
 
 
+def check_output_file(path: str | Path, option: str, example: str = "results.json") -> Path:
+    """ConfigError when an output file path (``option``, e.g. ``--json``) names a folder or
+    lies in a folder that does not exist; checked before the work that produces it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"{option} {str(path)!r} is a folder; give a file path such as "
+            f"{str(path / example)!r}."
+        )
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"{option} {str(path)!r}: the output folder {str(path.parent)!r} does not exist; "
+            "create it first."
+        )
+    return path
+
+
 @contextmanager
 def locked(run_dir: str | Path) -> Iterator[Path]:
     """Create ``run_dir`` and hold an exclusive lock on it for the block; RunError when

@@ -34,6 +34,7 @@ from spikebridge.config import (
     DataConfig,
     TrainConfig,
     build_section,
+    check_count,
     load_config,
 )
 from spikebridge.data import DatasetInfo, DeviceLoader, load_splits
@@ -121,9 +122,12 @@ def setup_imagefolder(
     def loader(ds: Any, batch: int, train: bool) -> ImageFolderLoader | None:
         if not train and len(ds) == 0:
             return None
+        # Training drops a short last batch, unless it is the only one (fewer images than
+        # the batch size: the folder still trains, on one smaller batch per epoch).
+        drop_last = train and len(ds) >= batch * world_size
         return ImageFolderLoader(
             ds, batch, splits.info, device, shuffle=train, augment=train and cfg.augment,
-            seed=seed, drop_last=train, rank=rank if train else 0,
+            seed=seed, drop_last=drop_last, rank=rank if train else 0,
             world_size=world_size if train else 1, num_workers=cfg.workers,
         )  # fmt: skip
 
@@ -423,6 +427,7 @@ def eval_run(
     ``timesteps``: a single T (report every t <= T), a list (report those t), or None
     (the model's T). All t come from one pass at the largest T (METHODS 3).
     """
+    check_count("--batch-size", batch_size)
     dev = resolve_device(device)
     model, config = ckpt.load_run(run_dir, dev)
     wanted = _wanted_timesteps(model, timesteps)
@@ -497,8 +502,7 @@ def export_run(
     from spikebridge.export import export_nir
 
     path = Path(out) if out is not None else Path(run_dir) / f"model.{fmt}"
-    if not path.parent.is_dir():
-        raise ConfigError(f"output folder {str(path.parent)!r} does not exist; create it first.")
+    rundir.check_output_file(path, "-o", f"model.{fmt}")
     info = DATASET_INFO.get(config.get("data", {}).get("dataset"))
     normalization = (info.mean, info.std) if info is not None else None
     export_nir(model, path, input_shape or _input_shape(config), target=target,

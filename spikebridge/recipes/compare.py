@@ -12,14 +12,15 @@ only the dataset and data folder must match.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from spikebridge.analysis import measurement_at
 from spikebridge.analysis.paired import format_paired, paired_rows
+from spikebridge.config import check_count
 from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import model_timesteps, per_image_correct
 from spikebridge.engine.runs import measure_run, resolve_device
 from spikebridge.errors import ConfigError
@@ -79,6 +80,8 @@ def compare_against(
         raise ConfigError(f"timesteps are {list(timesteps)}; expected integers >= 1.")
     if not runs_b:
         raise ConfigError("nothing to compare: give at least one run B.")
+    check_count("--test-images", test_images)
+    check_count("--batch-size", batch_size)
     dev = resolve_device(device)
     model_a, config_a = ckpt.load_run(run_a, dev)
     others = [ckpt.load_run(run, dev) for run in runs_b]
@@ -177,6 +180,8 @@ def run_compare(args: argparse.Namespace) -> int:
     """``spikebridge compare A B [B ...]``: print the paired tables (and write --json: one
     object for one B, a list of them for several)."""
     wanted = parse_timestep_list(args.timesteps) if args.timesteps else None
+    if args.json:
+        rundir.check_output_file(args.json, "--json", "compare.json")  # before the long simulation
     results = compare_against(
         args.run_a, args.runs_b, wanted, args.test_images, args.device, args.batch_size,
         args.data_dir, args.whole_test_set,
@@ -185,6 +190,6 @@ def run_compare(args: argparse.Namespace) -> int:
     print("\n\n".join(r["text"] for r in results))
     if args.json:
         rows = [{k: v for k, v in r.items() if k != "text"} for r in results]
-        Path(args.json).write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2) + "\n")
+        ckpt.write_json(args.json, rows[0] if len(rows) == 1 else rows)
         print(f"wrote {args.json}")
     return 0

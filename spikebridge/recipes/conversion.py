@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from spikebridge.analysis.report import measurement_rows
-from spikebridge.config import DEFAULT_RUNS_DIR, build_section
+from spikebridge.config import DEFAULT_RUNS_DIR, build_section, check_count
 from spikebridge.data import DeviceLoader, load_splits
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import rundir
@@ -234,6 +234,10 @@ def convert_run(
     ConfigError; an ``ann_run`` that is not a finished ANN run folder -> RunError.
     """
     wanted = _check_request(method, timesteps)
+    for option, value in (("--test-images", max_test_images), ("--batch-size", batch_size),
+                          ("--calibration-size", calibration_size),
+                          ("--selection-size", selection_size)):  # fmt: skip
+        check_count(option, value)
     channelwise = resolve_channelwise(method, channelwise)
     tune_t = int(tune_timesteps or default_tune_timesteps(wanted))
     ann_run = Path(ann_run)
@@ -354,6 +358,9 @@ def analyze_run(
     images (seeded draw, not the calibration draw's order) are simulated for ``timesteps``
     steps (default: the tuning T of a ttrbr run, else 4).
     """
+    check_count("--images", images)
+    check_count("--calibration-size", calibration_size)
+    check_count("--timesteps", timesteps)
     dev = resolve_device(device)
     model, config = ckpt.load_run(run_dir, dev)
     conv = config.get("conversion")

@@ -150,7 +150,7 @@ def load_teacher(cfg: DistillConfig, device: Any) -> tuple[nn.Module | None, flo
     the teacher folder must be a finished run (RunError otherwise)."""
     if not cfg.teacher:
         return None, None
-    teacher, _ = ckpt.load_run(cfg.teacher, device)
+    teacher, _ = ckpt.load_run(cfg.teacher, device, kind="ann")  # an SNN teacher is refused
     accuracy = ckpt.read_json(Path(cfg.teacher) / ckpt.SUMMARY_FILE).get("test_accuracy")
     return teacher, accuracy
 
