@@ -232,8 +232,7 @@ def check_output_file(path: str | Path, option: str, example: str = "results.jso
     path = Path(path)
     if path.is_dir():
         raise ConfigError(
-            f"{option} {str(path)!r} is a folder; give a file path such as "
-            f"{str(path / example)!r}."
+            f"{option} {str(path)!r} is a folder; give a file path such as {str(path / example)!r}."
         )
     if not path.parent.is_dir():
         raise ConfigError(

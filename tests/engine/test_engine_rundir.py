@@ -189,6 +189,7 @@ def test_a_run_that_failed_before_its_first_checkpoint_is_rerun_cleanly(
         assert main(["train", *TINY_ARGS, "--lr", "50", "--out", str(run)]) == 2
     assert "diverged" in one_error_line(capsys)
     assert not run.exists()  # created by the failed run, removed by it
+
     # the same failure cut by kill -9 (no clean-up): config.json, a temporary file, and a
     # file the user put into the folder since
     def killed(self, epoch):
