@@ -339,6 +339,10 @@ def format_accuracy_table(summary: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- analyze
 
 
+# What analyze writes into a folder of its own (report.md: what `spikebridge report` adds).
+ANALYSIS_OUTPUTS = ("errors.md", "errors.csv", "errors.png", "summary.json", "report.md")
+
+
 def analyze_run(
     run_dir: str | Path,
     timesteps: int | None = None,
@@ -369,18 +373,22 @@ def analyze_run(
     ann_dir = Path(conv["ann_run"]) if conv else Path(run_dir)
     ann, ann_config = (ckpt.load_run(ann_dir, dev)) if conv else (model, config)
     T = int(timesteps or (conv or {}).get("tune_timesteps") or 4)
-    splits, _, seed = run_data(ann_config)
     if conv is None:
         _check_request(str(method), [T])
+    out_dir = Path(out) if out else Path(run_dir)
+    if conv is None and out is None:
+        out_dir = Path(run_dir) / f"analysis-{method}-t{T}"
+    if rundir.run_status(out_dir) == rundir.FINISHED:  # the converted run itself: ours
+        rundir.check_out_path(out_dir)
+    else:  # a folder of its own: new, empty or an earlier analysis, never a foreign one
+        rundir.prepare_output_folder(out_dir, ANALYSIS_OUTPUTS)
+    splits, _, seed = run_data(ann_config)
+    if conv is None:
         calib = (
             None if method == "qcfs" else calibration_images(splits, calibration_size, seed, dev)
         )
         model = convert(ann, str(method), calib, T)
     table = decompose_errors(ann, model, calibration_images(splits, images, seed + 1, dev), T)
-    out_dir = Path(out) if out else Path(run_dir)
-    if conv is None and out is None:
-        out_dir = Path(run_dir) / f"analysis-{method}-t{T}"
-    rundir.check_out_path(out_dir).mkdir(parents=True, exist_ok=True)
     text = f"# Per-layer conversion error, T = {T}, {images} images\n\n{OURS_NOTE}.\n\n"
     ckpt.write_text(out_dir / "errors.md", text + table.to_markdown() + "\n")
     table.to_csv(out_dir / "errors.csv")

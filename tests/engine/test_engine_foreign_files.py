@@ -116,7 +116,7 @@ def test_every_writer_refuses_a_foreign_folder(tmp_path, capsys, argv):
     assert snapshot(out) == before
 
 
-def test_convert_refuses_a_foreign_folder(tmp_path, capsys):
+def test_convert_and_analyze_refuse_a_foreign_folder(tmp_path, capsys):
     ann = tmp_path / "ann"
     assert main(["train", *TINY_ARGS, "--epochs", "1", "--out", str(ann)]) == 0
     out = tmp_path / "mine"
@@ -124,6 +124,9 @@ def test_convert_refuses_a_foreign_folder(tmp_path, capsys):
     argv = ["convert", "--ann", str(ann), "--method", "maxnorm", "--device", "cpu"]
     assert main([*argv, "--out", str(out)]) == 2
     assert "not a spikebridge run folder" in one_line(capsys)
+    argv = ["analyze", str(ann), "--method", "maxnorm", "--device", "cpu", "--images", "8"]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "spikebridge did not write" in one_line(capsys)
     assert snapshot(out) == before
 
 
@@ -220,6 +223,30 @@ def test_a_file_that_appeared_unrecorded_is_never_overwritten(tmp_path):
 
 
 # ----------------------------------------------------------------------------- messages
+
+
+def test_an_interrupted_experiment_does_not_suggest_a_resume_it_has_no(tmp_path, monkeypatch,
+                                                                        capsys):  # fmt: skip
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        "kind: conversion\ndataset: synthetic\nmodels: [resnet20]\nblocks: [post-add]\n"
+        "methods: [maxnorm]\ntimesteps: [1, 2]\nprofiles:\n  cpu:\n    device: cpu\n"
+        "    train: {subset: 96, val_size: 32, batch_size: 16, width: 0.25, epochs: 2}\n"
+    )
+    real = Trainer.run_epoch
+
+    def interrupted_in_epoch_2(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "run_epoch", interrupted_in_epoch_2)
+    assert main(["experiment", str(spec), "--out", str(tmp_path / "exp")]) == 130
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert "--resume" not in err and err.startswith("interrupted; run the same command again")
+    assert rundir.run_status(tmp_path / "exp" / "anns" / "resnet20-post-add-relu") == (
+        rundir.INTERRUPTED
+    )
 
 
 @pytest.mark.parametrize(
