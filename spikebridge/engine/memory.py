@@ -7,9 +7,15 @@ killed by the kernel after a long wait. The estimate counts, in float32:
 - **parameters** (conv weights, BatchNorm scale and shift, the classifier), held
   :data:`PARAMETER_COPIES` times: weights, gradients, optimizer momentum, the selected copy;
 - **activations** kept for the backward pass: every convolution's output map (C x H x W per
-  image), :data:`SAVED_PER_CONV` times (its output, the BatchNorm output and the activation
-  or spike output; a spiking site also keeps its membrane potential) for every image of the
-  batch and, in a spiking network, every time-step (BPTT keeps all T steps).
+  image), :data:`SAVED_PER_CONV` times (the convolution output, which BatchNorm keeps, and
+  the activation output, which the next convolution keeps; a spiking site also keeps its
+  membrane potential for the surrogate gradient) for every image of the batch and, in a
+  spiking network, every time-step (BPTT keeps all T steps).
+
+Evaluating keeps no activations for a backward pass, but a spiking network simulates all T
+steps of a layer at once (time folded into the batch): its peak holds at least
+:data:`LIVE_AT_INFERENCE` tensors the size of the largest convolution output (that output
+and the layer input or residual it is added to), for the whole batch and every step.
 
 It leaves out workspace, allocator slack and the data, so it is a lower bound of what the
 run takes: a run refused by it cannot fit.
@@ -18,7 +24,7 @@ run takes: a run refused by it cannot fit.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from spikebridge.errors import ConfigError
 from spikebridge.models import ModelConfig
@@ -26,17 +32,20 @@ from spikebridge.models.registry import ARCHITECTURES
 
 BYTES_PER_FLOAT = 4
 PARAMETER_COPIES = 4  # weights, gradients, momentum, the selected (best) copy
-SAVED_PER_CONV = {False: 3, True: 4}  # ANN: conv, BN, activation; SNN: + membrane potential
+SAVED_PER_CONV = {False: 2, True: 3}  # ANN: conv and activation outputs; SNN: + membrane
+LIVE_AT_INFERENCE = 2  # evaluation: the largest output and the input or residual beside it
 EXPANSION = {"basic": 1, "bottleneck": 4}
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Sizes of one training step: ``parameters`` and ``activations`` (floats per image and
-    time-step, all convolution outputs) for ``batch`` images at ``timesteps`` steps."""
+    """Sizes of one step: ``parameters``, ``activations`` (floats per image and time-step, all
+    convolution outputs) and ``largest`` (the largest single convolution output, same unit),
+    for ``batch`` images at ``timesteps`` steps."""
 
     parameters: int
     activations: int
+    largest: int
     batch: int
     timesteps: int
     spiking: bool
@@ -52,7 +61,14 @@ class MemoryEstimate:
 
     @property
     def total_bytes(self) -> int:
+        """Training: parameters with their copies, and every saved activation."""
         return self.parameter_bytes + self.activation_bytes
+
+    @property
+    def inference_bytes(self) -> int:
+        """Evaluation: the parameters once, and the largest layer's live tensors."""
+        live = LIVE_AT_INFERENCE * self.largest * self.batch * self.timesteps
+        return (self.parameters + live) * BYTES_PER_FLOAT
 
 
 def _down(size: int) -> int:
@@ -64,12 +80,13 @@ class _Counter:
     """Accumulates the parameters and output floats of convolutions at the current size."""
 
     def __init__(self, size: int) -> None:
-        self.size, self.parameters, self.activations = size, 0, 0
+        self.size, self.parameters, self.activations, self.largest = size, 0, 0, 0
 
     def conv(self, cin: int, cout: int, kernel: int, stride: int = 1) -> None:
         self.size = _down(self.size) if stride == 2 else self.size
         self.parameters += cin * cout * kernel * kernel + 2 * cout  # weight, BN scale + shift
         self.activations += cout * self.size * self.size
+        self.largest = max(self.largest, cout * self.size * self.size)
 
 
 def _stem(count: _Counter, cfg: ModelConfig, channels: int) -> None:
@@ -114,8 +131,9 @@ def estimate_training_memory(cfg: ModelConfig, image_size: int, batch: int) -> M
     count.parameters += cin * cfg.num_classes + cfg.num_classes
     spiking = cfg.neuron is not None
     return MemoryEstimate(
-        count.parameters, count.activations, batch, cfg.timesteps if spiking else 1, spiking
-    )
+        count.parameters, count.activations, count.largest, batch,
+        cfg.timesteps if spiking else 1, spiking,
+    )  # fmt: skip
 
 
 def available_bytes(device_type: str = "cpu") -> int | None:
@@ -161,4 +179,21 @@ def check_fits(cfg: ModelConfig, image_size: int, batch: int, device_type: str =
         f"{format_bytes(need.activation_bytes)} of activations for a batch of {batch}{at_t}) "
         f"but {format_bytes(free)} of {device_type} memory is free; lower --width, "
         "--batch-size or --timesteps."
+    )
+
+
+def check_simulation_fits(
+    cfg: ModelConfig, image_size: int, batch: int, timesteps: int, device_type: str = "cpu"
+) -> None:
+    """ConfigError, with the estimate, when evaluating ``cfg`` (spiking: simulating
+    ``timesteps`` steps) on batches of ``batch`` cannot fit in the memory free."""
+    cfg = replace(cfg, timesteps=timesteps) if cfg.neuron else cfg
+    need, free = estimate_training_memory(cfg, image_size, batch), available_bytes(device_type)
+    if free is None or need.inference_bytes <= free:
+        return
+    raise ConfigError(
+        f"simulating {cfg.name} for T = {need.timesteps} steps on batches of {batch} needs at "
+        f"least {format_bytes(need.inference_bytes)} (its largest layer, {need.largest:,} "
+        f"values per image and step, for every step at once) but {format_bytes(free)} of "
+        f"{device_type} memory is free; lower --timesteps or --batch-size."
     )

@@ -44,7 +44,7 @@ from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import distributed as ddp
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import evaluate, simulating
-from spikebridge.engine.memory import check_fits
+from spikebridge.engine.memory import check_fits, check_simulation_fits
 from spikebridge.engine.tasks import ClassificationTask
 from spikebridge.engine.train import (
     INIT_STREAM,
@@ -432,6 +432,8 @@ def eval_run(
     model, config = ckpt.load_run(run_dir, dev)
     wanted = _wanted_timesteps(model, timesteps)
     loader = _split_loader(config, split, data_dir, dev, batch_size)
+    check_simulation_fits(model.config, loader.info.image_size, loader.batch_size,
+                          max(wanted), dev.type)  # fmt: skip
     result = evaluate(model, loader, timesteps=max(wanted) if model.spiking else None)
     report = {
         "run_dir": str(run_dir), "split": split, "samples": result["samples"],

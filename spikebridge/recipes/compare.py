@@ -22,6 +22,7 @@ from spikebridge.config import check_count
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import model_timesteps, per_image_correct
+from spikebridge.engine.memory import check_simulation_fits
 from spikebridge.engine.runs import measure_run, resolve_device
 from spikebridge.errors import ConfigError
 from spikebridge.recipes.conversion import eval_loader, parse_timestep_list, run_data
@@ -98,6 +99,9 @@ def compare_against(
     models = [model_a, *(m for m, _ in others)]
     t_max = max(timesteps) if timesteps else max(map(model_timesteps, models))
     wanted = sorted(set(timesteps)) if timesteps else list(range(1, t_max + 1))
+    for model in models:
+        check_simulation_fits(model.config, loader.info.image_size, loader.batch_size, t_max,
+                              dev.type)  # fmt: skip
     correct_a = per_image_correct(model_a, loader, t_max)  # an ANN ignores t_max
     ops_a = operations_by_t(measure_run(model_a, loader, timesteps=_sim(model_a, t_max)), wanted)
     results = []

@@ -48,7 +48,8 @@ from spikebridge.data import DeviceLoader, load_splits
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import evaluate
-from spikebridge.engine.runs import measure_run, resolve_device
+from spikebridge.engine.memory import check_simulation_fits
+from spikebridge.engine.runs import EVAL_BATCH_FACTOR, measure_run, resolve_device
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import (
     METHODS,
@@ -140,7 +141,7 @@ def eval_loader(  # type: ignore[no-untyped-def]
     max_images: int | None = None,
 ):  # fmt: skip
     """A plain loader over the run's test split (its first ``max_images`` images, if given)."""
-    size = batch_size or data.eval_batch_size or 4 * data.batch_size
+    size = batch_size or data.eval_batch_size or EVAL_BATCH_FACTOR * data.batch_size
     n = len(splits.test_y) if max_images is None else max_images
     return DeviceLoader(
         splits.test_x[:n], splits.test_y[:n], size, splits.info, device,
@@ -245,6 +246,9 @@ def convert_run(
     ann, config = ckpt.load_run(ann_run, dev, kind="ann")  # a finished ANN run, or RunError
     out_dir = _out_dir(out, ann_run, method)
     splits, data, seed = run_data(config, data_dir)
+    snn_cfg = dataclasses.replace(ann.config, neuron="if")  # the network simulated below
+    eval_batch = batch_size or data.eval_batch_size or EVAL_BATCH_FACTOR * data.batch_size
+    check_simulation_fits(snn_cfg, splits.info.image_size, eval_batch, max(wanted), dev.type)
     calib = calibration_images(splits, calibration_size, seed, dev) if method != "qcfs" else None
     held_out, source = None, None
     if method == "ttrbr" and selects_reference(tune_reference, ann):

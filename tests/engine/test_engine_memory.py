@@ -28,12 +28,14 @@ TINY_ACTIVATIONS = 16 + 96 + 56 + 28  # 196 floats per image and step
 def test_the_hand_count_of_a_tiny_resnet():
     est = memory.estimate_training_memory(TINY, image_size=4, batch=8)
     assert (est.parameters, est.activations) == (TINY_PARAMETERS, TINY_ACTIVATIONS)
-    # ANN: 4 copies of the parameters + conv, BN and ReLU outputs of 8 images, float32
-    assert est.total_bytes == 4 * (4 * 1171) + 4 * (3 * 196 * 8) == 37552
+    # ANN: 4 copies of the parameters + conv and ReLU outputs of 8 images, float32
+    assert est.total_bytes == 4 * (4 * 1171) + 4 * (2 * 196 * 8) == 31280
     spiking = ModelConfig(**{**TINY.to_dict(), "neuron": "lif", "timesteps": 4})
     est = memory.estimate_training_memory(spiking, image_size=4, batch=8)
     # SNN: + the membrane potential, for each of the T = 4 steps (BPTT keeps them all)
-    assert est.total_bytes == 4 * (4 * 1171) + 4 * (4 * 196 * 8 * 4) == 119088
+    assert est.total_bytes == 4 * (4 * 1171) + 4 * (3 * 196 * 8 * 4) == 94000
+    # evaluation at T = 4: the parameters once + two tensors of the largest output (16)
+    assert est.largest == 16 and est.inference_bytes == 4 * (1171 + 2 * 16 * 8 * 4) == 8780
 
 
 def conv_outputs(model: torch.nn.Module, image: torch.Tensor) -> int:
@@ -66,17 +68,21 @@ def test_the_counts_match_the_built_model(name, width, stem, stem_pool, size, bl
 
 
 def test_a_run_that_cannot_fit_is_refused_with_the_estimate(monkeypatch):
-    monkeypatch.setattr(memory, "available_bytes", lambda device_type="cpu": 100_000)
-    memory.check_fits(TINY, 4, 8)  # 37552 bytes fit
+    monkeypatch.setattr(memory, "available_bytes", lambda device_type="cpu": 50_000)
+    memory.check_fits(TINY, 4, 8)  # 31280 bytes fit
     spiking = ModelConfig(**{**TINY.to_dict(), "neuron": "lif", "timesteps": 4})
     with pytest.raises(ConfigError) as err:
         memory.check_fits(spiking, 4, 8)
     assert str(err.value) == (
-        "model resnet20 at width 0.0625 needs at least 116.3 KiB to train (18.3 KiB for 1,171 "
-        "parameters with gradients and optimizer state, 98.0 KiB of activations for a batch of "
-        "8 at T = 4) but 97.7 KiB of cpu memory is free; lower --width, --batch-size or "
+        "model resnet20 at width 0.0625 needs at least 91.8 KiB to train (18.3 KiB for 1,171 "
+        "parameters with gradients and optimizer state, 73.5 KiB of activations for a batch of "
+        "8 at T = 4) but 48.8 KiB of cpu memory is free; lower --width, --batch-size or "
         "--timesteps."
     )
+    memory.check_simulation_fits(spiking, 4, 8, timesteps=4)  # 8780 bytes fit
+    with pytest.raises(ConfigError, match=r"simulating resnet20 for T = 1000 steps on batches "
+                       r"of 8 needs at least 1004\.6 KiB \(its largest layer, 16 values"):  # fmt: skip
+        memory.check_simulation_fits(spiking, 4, 8, timesteps=1000)
 
 
 def test_unknown_free_memory_refuses_nothing(monkeypatch):
