@@ -493,23 +493,23 @@ def _resolve_field(section: str, key: str, value: Any) -> tuple[str, str, Any]:
     return section, name, value
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file (a mapping); ConfigError (one line, with the position of a
-    syntax error) when it is missing, unreadable or malformed."""
+def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """Read a YAML file (a mapping; ``what`` names it in errors, e.g. ``experiment file``);
+    ConfigError (one line, with the position of a syntax error) when it is missing,
+    unreadable or malformed."""
+    name = f"{what} {str(path)!r}"
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(path)!r} ({exc.strerror}).") from None
+        raise ConfigError(f"cannot read {name} ({exc.strerror}).") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text.") from None
+        raise ConfigError(f"{name} is not UTF-8 text; expected a YAML text file.") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"config file {str(path)!r} is not valid YAML ({_yaml_problem(exc)})."
-        ) from None
+        raise ConfigError(f"{name} is not valid YAML ({_yaml_problem(exc)}).") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values.")
+        raise ConfigError(f"{name} must hold a mapping of keys to values.")
     return data
 
 

@@ -168,7 +168,8 @@ def test_report_names_a_damaged_eval_json_it_leaves_out(runs, tmp_path):
 def test_experiment_file_that_is_not_text(tmp_path):
     bad = tmp_path / "binary.yaml"
     bad.write_bytes(bytes(range(256)))
-    assert_refused(run_cli("experiment", bad, "--out", tmp_path / "x"), "binary.yaml")
+    proc = run_cli("experiment", bad, "--out", tmp_path / "x")
+    assert_refused(proc, "experiment file", "binary.yaml", "not UTF-8 text; expected a YAML")
     assert not (tmp_path / "x").exists()
 
 

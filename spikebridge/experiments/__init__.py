@@ -94,7 +94,7 @@ def load_experiment(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"experiment file {path} does not exist; expected a YAML file.")
-    spec = read_yaml(path)
+    spec = read_yaml(path, "experiment file")
     if "kind" not in spec:
         raise ConfigError(f"experiment file {path} has no 'kind:' (expected idsnn or conversion).")
     kind = experiment_kind(spec["kind"])
