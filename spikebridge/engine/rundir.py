@@ -305,15 +305,15 @@ def claim_run_dir(
         status = run_status(path)
         check_claimable(path, status, resume, resumable)
         names = _start_attempt(path, status, (*RUN_FILES, *leftovers))
-        attempt = _Attempt(path, names, created, lock_created)
-        _CLAIMED[path.resolve()] = attempt
+        key, attempt = path.resolve(), _Attempt(path, names, created, lock_created)
+        _CLAIMED[key] = attempt
         try:
             yield NEW if status == UNSTARTED else status
         except BaseException as exc:
             _after_failure(attempt, exc, resumable)
             raise
         finally:
-            del _CLAIMED[path.resolve()]
+            del _CLAIMED[key]
 
 
 def check_claimable(run_dir: Path, status: str, resume: bool, resumable: bool = True) -> None:
