@@ -82,8 +82,11 @@ def copy_run(run: Path, dest: Path) -> Path:
         (["--width", "1e-9"], ["'width' is 1e-09", ">= 1/16 = 0.0625"]),
         (["--neuron", "lif", "--decay", "5"], ["'decay' is 5.0", "(0, 1]"]),
         (["--batch-size", "0"], ["batch_size is 0", ">= 1"]),
+        (["--neuron", "lif", "--timesteps", "2", "--eval-timesteps", "100000000"],
+         ["simulating resnet20 for T = 100000000 steps", "--timesteps"]),
     ],
-    ids=["width-1e6", "timesteps-100000", "width-1e-9", "decay-5", "batch-size-0"],
+    ids=["width-1e6", "timesteps-100000", "width-1e-9", "decay-5", "batch-size-0",
+         "eval-timesteps-1e8"],
 )  # fmt: skip
 def test_impossible_sizes_are_refused_up_front(tmp_path, extra, words):
     out = tmp_path / "run"

@@ -159,17 +159,22 @@ def setup_data(cfg: DataConfig, seed: int, device: torch.device) -> tuple[Loader
     return loaders, info
 
 
-def setup_model(
-    cfg: ModelConfig, seed: int, device: torch.device, info: DatasetInfo | None = None,
-    batch_size: int | None = None,
-) -> nn.Module:  # fmt: skip
-    """Build the model with initial weights drawn from ``seed`` alone; with the dataset's
-    ``info`` and the training ``batch_size``, a model that cannot be trained in the memory
-    free on ``device`` is refused first (:func:`memory.check_fits`), before allocating."""
-    if info is not None and batch_size is not None:
-        check_fits(cfg, info.image_size, batch_size, device.type)
+def setup_model(cfg: ModelConfig, seed: int, device: torch.device) -> nn.Module:
+    """Build the model with initial weights drawn from ``seed`` alone."""
     torch.manual_seed(derive_seed(seed, 0, INIT_STREAM))
     return build_from_config(cfg).to(device)
+
+
+def check_run_fits(config: Config, info: DatasetInfo, device: torch.device) -> None:
+    """ConfigError, with the estimate, before the model is built, when the run cannot fit in
+    the memory free on ``device``: its training steps, or its final test at
+    ``--eval-timesteps`` (:mod:`spikebridge.engine.memory`)."""
+    m, d, size = config.model, config.data, info.image_size
+    check_fits(m, size, d.batch_size, device.type)
+    if m.neuron and config.train.eval_timesteps:
+        batch = d.eval_batch_size or EVAL_BATCH_FACTOR * d.batch_size
+        steps = max(m.timesteps, config.train.eval_timesteps)
+        check_simulation_fits(m, size, batch, steps, device.type)
 
 
 def default_run_dir(config: Config) -> Path:
@@ -359,7 +364,8 @@ def _train_steps(config: Config, device: torch.device, log: Callable[[str], None
     config = config.replace("model", num_classes=info.num_classes, in_channels=info.in_channels)
     if config.train.resume:
         check_resumable(run_dir, config)
-    model = setup_model(config.model, config.train.seed, device, info, config.data.batch_size)
+    check_run_fits(config, info, device)
+    model = setup_model(config.model, config.train.seed, device)
     if getattr(config.train, "tensorboard", False):
         open_tensorboard(None)  # fail before the run folder exists when tensorboard is missing
     with claim_for_training(run_dir, config) as status:

@@ -39,6 +39,7 @@ from spikebridge.engine import distributed as ddp
 from spikebridge.engine import rundir
 from spikebridge.engine.runs import (
     check_resumable,
+    check_run_fits,
     claim_for_training,
     finished_summary,
     make_summary,
@@ -235,7 +236,8 @@ def _distill_steps(config: Config, device: Any, log: Log) -> dict[str, Any]:
     if config.train.resume:
         check_resumable(run_dir, config)
     check_teacher_fits(teacher, info.num_classes, config.distill)
-    model = setup_model(config.model, config.train.seed, device, info, config.data.batch_size)
+    check_run_fits(config, info, device)
+    model = setup_model(config.model, config.train.seed, device)
     reports = (INIT_REPORT_MD, INIT_REPORT_JSON)  # a previous attempt's, removed when unstarted
     with claim_for_training(run_dir, config, reports) as status:  # locked for the whole run
         if status == rundir.FINISHED:  # finished by another process since the first check
