@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
+from spikebridge.config import Config
 from spikebridge.errors import ConfigError
 from spikebridge.models import ModelConfig
 from spikebridge.models.registry import ARCHITECTURES
@@ -180,6 +181,17 @@ def check_fits(cfg: ModelConfig, image_size: int, batch: int, device_type: str =
         f"but {format_bytes(free)} of {device_type} memory is free; lower --width, "
         "--batch-size or --timesteps."
     )
+
+
+def check_run_fits(config: Config, image_size: int, eval_batch: int, device_type: str) -> None:
+    """ConfigError, with the estimate, before the model is built, when a training run cannot
+    fit: its training steps (:func:`check_fits`), or its final test at ``--eval-timesteps``
+    on batches of ``eval_batch`` (:func:`check_simulation_fits`)."""
+    m = config.model
+    check_fits(m, image_size, config.data.batch_size, device_type)
+    if m.neuron and config.train.eval_timesteps:
+        steps = max(m.timesteps, config.train.eval_timesteps)
+        check_simulation_fits(m, image_size, eval_batch, steps, device_type)
 
 
 def check_simulation_fits(

@@ -44,7 +44,7 @@ from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import distributed as ddp
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import evaluate, simulating
-from spikebridge.engine.memory import check_fits, check_simulation_fits
+from spikebridge.engine.memory import check_run_fits, check_simulation_fits
 from spikebridge.engine.tasks import ClassificationTask
 from spikebridge.engine.train import (
     INIT_STREAM,
@@ -85,6 +85,12 @@ BEST_TEST_NOTE = (
 )
 
 
+def eval_batch(data: DataConfig, batch_size: int | None = None) -> int:
+    """The evaluation batch: ``batch_size`` if given, else ``--eval-batch-size``, else
+    :data:`EVAL_BATCH_FACTOR` x the training batch."""
+    return batch_size or data.eval_batch_size or EVAL_BATCH_FACTOR * data.batch_size
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` = cuda if available, else cpu; ConfigError for unknown or absent devices."""
     if name == "auto":
@@ -117,7 +123,7 @@ def setup_imagefolder(
             "--dataset imagefolder needs --data-dir ROOT (with ROOT/train, ROOT/val)."
         )
     splits = load_imagefolder(cfg.data_dir, cfg.image_size, cfg.val_size, seed, cfg.subset)
-    eval_batch = cfg.eval_batch_size or EVAL_BATCH_FACTOR * cfg.batch_size
+    eval_size = eval_batch(cfg)
 
     def loader(ds: Any, batch: int, train: bool) -> ImageFolderLoader | None:
         if not train and len(ds) == 0:
@@ -133,7 +139,7 @@ def setup_imagefolder(
 
     train = loader(splits.train, cfg.batch_size, True)
     loaders = Loaders(
-        train, loader(splits.val, eval_batch, False), loader(splits.test, eval_batch, False)
+        train, loader(splits.val, eval_size, False), loader(splits.test, eval_size, False)
     )
     return loaders, splits.info
 
@@ -143,7 +149,7 @@ def setup_data(cfg: DataConfig, seed: int, device: torch.device) -> tuple[Loader
     if cfg.dataset == "imagefolder":
         return setup_imagefolder(cfg, seed, device, ddp.get_rank(), ddp.get_world_size())
     splits = load_splits(cfg.dataset, cfg.data_dir, cfg.subset, cfg.val_size, seed)
-    info, eval_batch = splits.info, cfg.eval_batch_size or EVAL_BATCH_FACTOR * cfg.batch_size
+    info, eval_size = splits.info, eval_batch(cfg)
     train = DeviceLoader(
         splits.train_x, splits.train_y, cfg.batch_size, info, device,
         shuffle=True, augment=cfg.augment, seed=seed,
@@ -153,7 +159,7 @@ def setup_data(cfg: DataConfig, seed: int, device: torch.device) -> tuple[Loader
     def plain(x: torch.Tensor, y: torch.Tensor) -> DeviceLoader | None:
         if len(y) == 0:
             return None
-        return DeviceLoader(x, y, eval_batch, info, device, shuffle=False, augment=False, seed=seed)
+        return DeviceLoader(x, y, eval_size, info, device, shuffle=False, augment=False, seed=seed)
 
     loaders = Loaders(train, plain(splits.val_x, splits.val_y), plain(splits.test_x, splits.test_y))
     return loaders, info
@@ -163,18 +169,6 @@ def setup_model(cfg: ModelConfig, seed: int, device: torch.device) -> nn.Module:
     """Build the model with initial weights drawn from ``seed`` alone."""
     torch.manual_seed(derive_seed(seed, 0, INIT_STREAM))
     return build_from_config(cfg).to(device)
-
-
-def check_run_fits(config: Config, info: DatasetInfo, device: torch.device) -> None:
-    """ConfigError, with the estimate, before the model is built, when the run cannot fit in
-    the memory free on ``device``: its training steps, or its final test at
-    ``--eval-timesteps`` (:mod:`spikebridge.engine.memory`)."""
-    m, d, size = config.model, config.data, info.image_size
-    check_fits(m, size, d.batch_size, device.type)
-    if m.neuron and config.train.eval_timesteps:
-        batch = d.eval_batch_size or EVAL_BATCH_FACTOR * d.batch_size
-        steps = max(m.timesteps, config.train.eval_timesteps)
-        check_simulation_fits(m, size, batch, steps, device.type)
 
 
 def default_run_dir(config: Config) -> Path:
@@ -364,7 +358,7 @@ def _train_steps(config: Config, device: torch.device, log: Callable[[str], None
     config = config.replace("model", num_classes=info.num_classes, in_channels=info.in_channels)
     if config.train.resume:
         check_resumable(run_dir, config)
-    check_run_fits(config, info, device)
+    check_run_fits(config, info.image_size, eval_batch(config.data), device.type)
     model = setup_model(config.model, config.train.seed, device)
     if getattr(config.train, "tensorboard", False):
         open_tensorboard(None)  # fail before the run folder exists when tensorboard is missing
@@ -410,7 +404,7 @@ def _split_loader(
     x, y = (splits.test_x, splits.test_y) if split == "test" else (splits.val_x, splits.val_y)
     if len(y) == 0:
         raise ConfigError(f"the run has no {split} split (val_size was {data.val_size}).")
-    size = batch_size or data.eval_batch_size or EVAL_BATCH_FACTOR * data.batch_size
+    size = eval_batch(data, batch_size)
     return DeviceLoader(x, y, size, splits.info, device, shuffle=False, augment=False, seed=seed)
 
 

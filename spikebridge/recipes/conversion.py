@@ -1,6 +1,6 @@
-"""Conversion recipes: ``convert_run`` (ANN run folder -> converted SNN run folder) and
-``analyze_run`` (per-layer conversion error report), behind ``spikebridge convert`` and
-``spikebridge analyze`` (METHODS 2).
+"""Conversion recipe: ``convert_run`` (ANN run folder -> converted SNN run folder), behind
+``spikebridge convert`` (METHODS 2); ``analyze_run`` (the per-layer error report) lives in
+:mod:`spikebridge.recipes.analyze`.
 
 ``maxnorm`` (Diehl et al. 2015), ``robust`` (Rueckauer et al. 2017) and ``qcfs`` (Bu et al.
 2022) are published baselines. ``ttrbr`` -- threshold tuning (METHODS 2.4), the error
@@ -49,7 +49,7 @@ from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import evaluate
 from spikebridge.engine.memory import check_simulation_fits
-from spikebridge.engine.runs import EVAL_BATCH_FACTOR, measure_run, resolve_device
+from spikebridge.engine.runs import eval_batch, measure_run, resolve_device
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import (
     METHODS,
@@ -58,7 +58,6 @@ from spikebridge.methods.convert import (
     resolve_channelwise,
     selects_reference,
 )
-from spikebridge.methods.error_analysis import decompose_errors, plot_errors
 from spikebridge.methods.output_calibration import (
     DEFAULT_EPOCHS,
     DEFAULT_LR,
@@ -141,7 +140,7 @@ def eval_loader(  # type: ignore[no-untyped-def]
     max_images: int | None = None,
 ):  # fmt: skip
     """A plain loader over the run's test split (its first ``max_images`` images, if given)."""
-    size = batch_size or data.eval_batch_size or EVAL_BATCH_FACTOR * data.batch_size
+    size = eval_batch(data, batch_size)
     n = len(splits.test_y) if max_images is None else max_images
     return DeviceLoader(
         splits.test_x[:n], splits.test_y[:n], size, splits.info, device,
@@ -158,7 +157,8 @@ def default_tune_timesteps(timesteps: Sequence[int]) -> int:
     return min(at_least_4) if at_least_4 else max(timesteps)
 
 
-def _check_request(method: str, timesteps: Sequence[int]) -> list[int]:
+def check_request(method: str, timesteps: Sequence[int]) -> list[int]:
+    """The sorted distinct T asked for; ConfigError for an unknown method or a T < 1."""
     if method not in METHODS:
         raise ConfigError(f"unknown conversion method {method!r}; expected one of {METHODS}.")
     wanted = sorted({int(t) for t in timesteps})
@@ -234,7 +234,7 @@ def convert_run(
     (for CPU budgets; the ANN is evaluated on the same images). Bad method / timesteps ->
     ConfigError; an ``ann_run`` that is not a finished ANN run folder -> RunError.
     """
-    wanted = _check_request(method, timesteps)
+    wanted = check_request(method, timesteps)
     for option, value in (("--test-images", max_test_images), ("--batch-size", batch_size),
                           ("--calibration-size", calibration_size),
                           ("--selection-size", selection_size)):  # fmt: skip
@@ -247,8 +247,8 @@ def convert_run(
     out_dir = _out_dir(out, ann_run, method)
     splits, data, seed = run_data(config, data_dir)
     snn_cfg = dataclasses.replace(ann.config, neuron="if")  # the network simulated below
-    eval_batch = batch_size or data.eval_batch_size or EVAL_BATCH_FACTOR * data.batch_size
-    check_simulation_fits(snn_cfg, splits.info.image_size, eval_batch, max(wanted), dev.type)
+    size, t_max = eval_batch(data, batch_size), max(wanted)
+    check_simulation_fits(snn_cfg, splits.info.image_size, size, t_max, dev.type)
     calib = calibration_images(splits, calibration_size, seed, dev) if method != "qcfs" else None
     held_out, source = None, None
     if method == "ttrbr" and selects_reference(tune_reference, ann):
@@ -340,73 +340,6 @@ def format_accuracy_table(summary: dict[str, Any]) -> str:
     return "\n".join([head, row, *measurement_rows(summary, shown)])
 
 
-# ----------------------------------------------------------------------------- analyze
-
-
-# What analyze writes into a folder of its own (report.md: what `spikebridge report` adds).
-ANALYSIS_OUTPUTS = ("errors.md", "errors.csv", "errors.png", "summary.json", "report.md")
-
-
-def analyze_run(
-    run_dir: str | Path,
-    timesteps: int | None = None,
-    images: int = 256,
-    method: str | None = None,
-    calibration_size: int = DEFAULT_CALIBRATION,
-    out: str | Path | None = None,
-    device: str = "auto",
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Per-layer error decomposition (METHODS 2.3, our design) -> errors.md/.csv/.png.
-
-    ``run_dir`` is a finished converted run folder, or a finished ANN run folder with
-    ``method`` (then it is converted in memory, at ``timesteps``); RunError otherwise. An
-    output folder of its own (not a run's) also gets the result as ``summary.json``, written
-    last, so ``spikebridge report`` reads it like any finished folder. ``images`` training
-    images (seeded draw, not the calibration draw's order) are simulated for ``timesteps``
-    steps (default: the tuning T of a ttrbr run, else 4).
-    """
-    check_count("--images", images)
-    check_count("--calibration-size", calibration_size)
-    check_count("--timesteps", timesteps)
-    dev = resolve_device(device)
-    model, config = ckpt.load_run(run_dir, dev)
-    conv = config.get("conversion")
-    if conv is None and method is None:
-        raise ConfigError(f"{run_dir} is an ANN run; pass --method to convert it for analysis.")
-    ann_dir = Path(conv["ann_run"]) if conv else Path(run_dir)
-    ann, ann_config = (ckpt.load_run(ann_dir, dev)) if conv else (model, config)
-    T = int(timesteps or (conv or {}).get("tune_timesteps") or 4)
-    if conv is None:
-        _check_request(str(method), [T])
-    out_dir = Path(out) if out else Path(run_dir)
-    if conv is None and out is None:
-        out_dir = Path(run_dir) / f"analysis-{method}-t{T}"
-    if rundir.run_status(out_dir) == rundir.FINISHED:  # the converted run itself: ours
-        rundir.check_out_path(out_dir)
-    else:  # a folder of its own: new, empty or an earlier analysis, never a foreign one
-        rundir.prepare_output_folder(out_dir, ANALYSIS_OUTPUTS)
-    splits, _, seed = run_data(ann_config)
-    if conv is None:
-        calib = (
-            None if method == "qcfs" else calibration_images(splits, calibration_size, seed, dev)
-        )
-        model = convert(ann, str(method), calib, T)
-    table = decompose_errors(ann, model, calibration_images(splits, images, seed + 1, dev), T)
-    text = f"# Per-layer conversion error, T = {T}, {images} images\n\n{OURS_NOTE}.\n\n"
-    ckpt.write_text(out_dir / "errors.md", text + table.to_markdown() + "\n")
-    table.to_csv(out_dir / "errors.csv")
-    plot_errors(table, out_dir / "errors.png")
-    rows = [dataclasses.asdict(r) for r in table.rows]
-    result = {"out_dir": str(out_dir), "run_dir": str(run_dir), "method": method,
-              "timesteps": T, "images": images, "rows": rows}  # fmt: skip
-    if not (out_dir / ckpt.SUMMARY_FILE).is_file():  # its own folder: finished, for `report`
-        ckpt.write_json(out_dir / ckpt.SUMMARY_FILE, result)
-    log(table.to_markdown())
-    log(f"wrote {out_dir / 'errors.md'}, errors.csv, errors.png")
-    return result
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -493,27 +426,4 @@ def run_convert(args: argparse.Namespace) -> int:
         selection_size=args.selection_size,
     )  # fmt: skip
     print(f"run folder: {summary['run_dir']}")
-    return 0
-
-
-def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``spikebridge analyze``."""
-    parser.add_argument("run_dir", metavar="RUN", help="converted run folder, or an ANN run "
-                        "with --method")  # fmt: skip
-    parser.add_argument("--timesteps", type=int, help="T to simulate (default: the tuning T, "
-                        "else 4)")  # fmt: skip
-    parser.add_argument("--images", type=int, default=256, help="training images (default 256)")
-    parser.add_argument("--method", help="convert an ANN run with this method first")
-    parser.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION,
-                        help="with --method: calibration images (default: 1024)")  # fmt: skip
-    parser.add_argument("--out", help="output folder (default: the run folder)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
-
-
-def run_analyze(args: argparse.Namespace) -> int:
-    """``spikebridge analyze``: per-layer error decomposition (METHODS 2.3, our design)."""
-    analyze_run(
-        args.run_dir, args.timesteps, args.images, args.method, args.calibration_size,
-        args.out, args.device,
-    )  # fmt: skip
     return 0

@@ -37,10 +37,11 @@ from spikebridge.config import (
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import distributed as ddp
 from spikebridge.engine import rundir
+from spikebridge.engine.memory import check_run_fits
 from spikebridge.engine.runs import (
     check_resumable,
-    check_run_fits,
     claim_for_training,
+    eval_batch,
     finished_summary,
     make_summary,
     measure_step,
@@ -236,7 +237,7 @@ def _distill_steps(config: Config, device: Any, log: Log) -> dict[str, Any]:
     if config.train.resume:
         check_resumable(run_dir, config)
     check_teacher_fits(teacher, info.num_classes, config.distill)
-    check_run_fits(config, info, device)
+    check_run_fits(config, info.image_size, eval_batch(config.data), device.type)
     model = setup_model(config.model, config.train.seed, device)
     reports = (INIT_REPORT_MD, INIT_REPORT_JSON)  # a previous attempt's, removed when unstarted
     with claim_for_training(run_dir, config, reports) as status:  # locked for the whole run
