@@ -19,7 +19,6 @@ one-thread processes finish the demo sooner than one two-thread process.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import multiprocessing
 import os
@@ -29,12 +28,20 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from multiprocessing.queues import SimpleQueue
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from spikebridge.analysis import measurement_at
+from spikebridge.demo_progress import (
+    PLAIN_EVERY_S,
+    REDRAW_EVERY_S,
+    LaneBoard,
+    install_queue,
+    run_reported,
+)
 from spikebridge.engine.checkpoint import read_json
 from spikebridge.engine.rundir import validate_run_dir
 from spikebridge.engine.runs import train_run
@@ -139,11 +146,6 @@ class Step:
     after: tuple[str, ...] = field(default=())
 
 
-def _print_as(name: str, message: str) -> None:
-    """A worker's log line, prefixed with its step (lines of parallel steps interleave)."""
-    print(f"[{name}] {message}", flush=True)
-
-
 def _convert(
     ann_dir: Path, method: str, out: Path, timesteps: list[int], calibration: int,
     test_images: int, log: Callable[[str], None],
@@ -152,11 +154,46 @@ def _convert(
                        max_test_images=test_images, log=log)  # fmt: skip
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, queue: SimpleQueue | None = None) -> None:
     torch.set_num_threads(threads)
+    install_queue(queue)  # the step's log lines and training ticks go to the main process
     # Ctrl-C: a worker leaves at once, without a traceback of its own; its run folder is
     # as after a kill (transactional: it resumes), and the main process reports the stop
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
+
+@dataclass
+class _Schedule:
+    """The steps left, those done, and the scheduler's own lines (``log``)."""
+
+    pending: list[Step]
+    finished: Callable[[Path], Any]
+    log: Callable[[str], None]
+    done: set[str] = field(default_factory=set)
+    start: float = field(default_factory=time.perf_counter)
+
+    def ready(self) -> list[Step]:
+        return [s for s in self.pending if all(a in self.done for a in s.after)]
+
+    def skip_finished(self) -> None:
+        for s in self.ready():
+            if self.finished(s.run_dir) is not None:
+                self.log(f"[demo] {s.name}: reusing {s.run_dir}")
+                self.pending.remove(s)
+                self.done.add(s.name)
+
+    def begin(self, s: Step) -> None:
+        self.pending.remove(s)
+        self.log(f"[demo] {time.perf_counter() - self.start:5.0f} s  {s.name} -> {s.run_dir}")
+
+    def end(self, s: Step, note: str | None = None) -> None:
+        self.done.add(s.name)
+        if note is not None:
+            self.log(f"[demo] {time.perf_counter() - self.start:5.0f} s  {s.name}: {note}")
+
+    def refuse_cycle(self) -> None:  # steps left and none ready: they wait on each other
+        if self.pending and not self.ready():
+            raise ValueError(f"demo steps wait on each other: {[s.name for s in self.pending]}")
 
 
 def run_steps(
@@ -165,73 +202,77 @@ def run_steps(
     log: Callable[[str], None] = print,
     threads: int = 1,
     finished: Callable[[Path], Any] = _finished,
+    tty: bool | None = None,
+    plain_every: float = PLAIN_EVERY_S,
 ) -> None:
     """Run every step not already ``finished``, each once the steps it needs are done.
 
     ``jobs == 1``: in this process, in list order. ``jobs > 1``: up to ``jobs`` steps at
     once in spawned worker processes of ``threads`` torch threads, taking ready steps in
-    list order (put the longest chain first). The first failing step's error is raised once
-    the running steps stop; its run folder, like any interrupted one, resumes on a re-run.
+    list order (put the longest chain first), with live progress per lane
+    (:mod:`spikebridge.demo_progress`: lines redrawn in place when ``tty``, default: stdout
+    is a terminal; else a plain line per lane every ``plain_every`` seconds). The first
+    failing step's error is raised once the running steps stop; its run folder, like any
+    interrupted one, resumes on a re-run.
     """
     names = [s.name for s in steps]
     unknown = {a for s in steps for a in s.after} - set(names)
     if unknown or len(set(names)) != len(names):
         raise ValueError(f"demo steps: unknown dependencies {sorted(unknown)} or repeated names")
-    done: set[str] = set()
-    pending = list(steps)
-    start = time.perf_counter()
-
-    def ready() -> list[Step]:
-        return [s for s in pending if all(a in done for a in s.after)]
-
-    def skip_finished() -> None:
-        for s in ready():
-            if finished(s.run_dir) is not None:
-                log(f"[demo] {s.name}: reusing {s.run_dir}")
-                pending.remove(s)
-                done.add(s.name)
-
-    def begin(s: Step) -> None:
-        pending.remove(s)
-        log(f"[demo] {time.perf_counter() - start:5.0f} s  {s.name} -> {s.run_dir}")
-
-    def refuse_cycle() -> None:  # steps left and none ready: they wait on each other
-        if pending and not ready():
-            raise ValueError(f"demo steps wait on each other: {[s.name for s in pending]}")
-
     if jobs <= 1:
-        while pending:
-            skip_finished()
-            refuse_cycle()
-            if pending:
-                s = ready()[0]
-                begin(s)
+        plan = _Schedule(list(steps), finished, log)
+        while plan.pending:
+            plan.skip_finished()
+            plan.refuse_cycle()
+            if plan.pending:
+                s = plan.ready()[0]
+                plan.begin(s)
                 s.make(*s.args, log=log)
-                done.add(s.name)
+                plan.end(s)
         return
+    board = LaneBoard(log, sys.stdout.isatty() if tty is None else tty, plain_every)
+    try:  # every line, the scheduler's too, is printed above the lanes' progress lines
+        _run_in_workers(_Schedule(list(steps), finished, board.say), jobs, threads, board)
+    finally:
+        board.close()
+
+
+def _run_in_workers(plan: _Schedule, jobs: int, threads: int, board: LaneBoard) -> None:
+    """``run_steps`` with ``jobs`` worker processes; the main process prints every line and
+    draws the lanes' progress while it waits."""
     context = multiprocessing.get_context("spawn")  # forking a process with torch threads is unsafe
-    with ProcessPoolExecutor(jobs, context, _worker_init, (threads,)) as pool:
+    queue = context.SimpleQueue()  # workers -> main: log lines and training ticks
+    with ProcessPoolExecutor(jobs, context, _worker_init, (threads, queue)) as pool:
         running: dict[Future, Step] = {}
-        while pending or running:
-            skip_finished()
-            for s in ready()[: jobs - len(running)]:
-                begin(s)
-                log_as = functools.partial(_print_as, s.name)
-                running[pool.submit(s.make, *s.args, log=log_as)] = s
+        while plan.pending or running:
+            plan.skip_finished()
+            for s in plan.ready()[: jobs - len(running)]:
+                plan.begin(s)
+                board.start(s.name)
+                running[pool.submit(run_reported, s.name, s.make, s.args)] = s
             if not running:
-                refuse_cycle()
+                plan.refuse_cycle()
                 continue
-            over, _ = wait(running, return_when=FIRST_COMPLETED)
+            over, _ = wait(running, timeout=REDRAW_EVERY_S, return_when=FIRST_COMPLETED)
+            board.drain(queue)  # a finished step's lines were all queued before its result
             for future in over:
                 s = running.pop(future)
+                board.stop(s.name)
                 error = future.exception()
                 if error is not None:
-                    for other in running:
-                        other.cancel()
-                    wait(running)
+                    _stop_others(running, board, queue)
                     raise error
-                done.add(s.name)
-                log(f"[demo] {time.perf_counter() - start:5.0f} s  {s.name}: done")
+                plan.end(s, "done")
+
+
+def _stop_others(running: dict[Future, Step], board: LaneBoard, queue: SimpleQueue) -> None:
+    """After a failure: cancel the waiting steps and let the running ones end, still
+    printing their lines (a worker would block on a full queue)."""
+    for other in running:
+        other.cancel()
+    while not all(f.done() for f in running):
+        wait(running, timeout=REDRAW_EVERY_S)
+        board.drain(queue)
 
 
 def default_jobs(threads: int) -> int:

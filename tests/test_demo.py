@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 
 from spikebridge.demo import Step, _row, format_table, run_demo, run_steps
+from spikebridge.demo_progress import Lane, LaneBoard, duration
+from spikebridge.engine import progress
+from spikebridge.engine.progress import Tick
 from spikebridge.errors import ConfigError
 
 SNN = {
@@ -113,3 +116,56 @@ def test_unknown_dependencies_cycles_and_bad_job_counts_are_refused(tmp_path):
             run_steps(cycle, jobs=jobs, log=lambda _: None, finished=_finished_if_ended)
     with pytest.raises(ConfigError, match="--jobs is 0"):
         run_demo(tmp_path, jobs=0)
+
+
+# ---------------------------------------------------------------- live progress of the lanes
+
+
+def _train_like(name: str, batches: int = 20, log=print) -> None:
+    """A demo step that trains like ``fit`` reports it: a tick per batch (0.1 s each), and
+    the epoch line only at the end. Module-level, so workers can run it."""
+    for i in range(1, batches + 1):
+        progress.report(1, 1, i, batches)
+        time.sleep(0.1)
+    log(f"epoch 1/1  loss 1.0 ({name})")
+
+
+def test_both_lanes_show_progress_before_their_first_epoch_line(tmp_path):
+    steps = [Step(n, tmp_path / n, _train_like, (n,)) for n in ("a", "b")]
+    lines: list[str] = []
+    run_steps(steps, jobs=2, log=lines.append, finished=lambda _: None, tty=False,
+              plain_every=0.2)  # fmt: skip
+    for name in ("a", "b"):
+        epoch_line = lines.index(f"[{name}] epoch 1/1  loss 1.0 ({name})")
+        ticks = [i for i, x in enumerate(lines) if x.startswith(f"[progress] {name}: ")
+                 and "batch" in x and "ETA" in x]  # fmt: skip
+        assert ticks and ticks[0] < epoch_line, lines
+        assert lines.index(next(x for x in lines if x.endswith(f"{name}: done"))) > epoch_line
+
+
+def test_a_terminal_gets_one_line_per_lane_redrawn_in_place(capsys):
+    said: list[str] = []
+    board = LaneBoard(said.append, tty=True)
+    board.start("teacher ANN")
+    board.start("SNN")
+    board.lanes["SNN"].update(Tick(1, 4, 50, 250), time.monotonic())
+    board.redraw(force=True)
+    drawn = capsys.readouterr().out.splitlines()
+    assert len(drawn) == 2 and drawn[0].startswith("teacher ANN: ") and "not training" in drawn[0]
+    assert drawn[1].startswith("SNN: ") and "epoch 1/4, batch 50/250 (5 % of training)" in drawn[1]
+    board.say("[SNN] epoch 1/4 ...")  # a line above the lanes: erase both, print, redraw
+    out = capsys.readouterr().out
+    assert out.startswith("\x1b[F\x1b[K" * 2) and out.count("\n") == 2
+    assert said == ["[SNN] epoch 1/4 ..."]
+    board.close()
+    assert capsys.readouterr().out == "\x1b[F\x1b[K" * 2
+
+
+def test_the_eta_extrapolates_the_ticks_seen():
+    lane = Lane("x", started=0.0)
+    assert lane.eta() is None
+    lane.update(Tick(1, 2, 10, 100), now=100.0)  # 5 % at 100 s
+    lane.update(Tick(2, 2, 10, 100), now=200.0)  # 55 %: 50 points in 100 s
+    assert lane.eta() == pytest.approx(90.0)  # 45 points left
+    assert "ETA 1m30s" in lane.line(now=230.0) and "3m50s in" in lane.line(now=230.0)
+    assert [duration(s) for s in (5, 75, 3725)] == ["5s", "1m15s", "1h02m"]

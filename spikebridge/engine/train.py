@@ -40,6 +40,7 @@ from tqdm import tqdm
 from spikebridge.config import OptimConfig, TrainConfig
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import distributed as ddp
+from spikebridge.engine import progress
 from spikebridge.engine.distributed import evaluate_sharded as evaluate
 from spikebridge.engine.optim import build_optimizer, build_scheduler
 from spikebridge.engine.rundir import note_write
@@ -165,6 +166,7 @@ class Trainer:
             out = self.step(images, labels)
             _accumulate(sums, out, labels)
             n += len(labels)
+            progress.report(epoch + 1, self.cfg.epochs, i + 1, bar.total)  # demo lanes
             if not bar.disable and i % POSTFIX_EVERY == 0:
                 bar.set_postfix(loss=f"{out['loss'].item():.4f}")
         sums, n = ddp.all_reduce_sums(sums, n)  # sums over ranks (no-op in one process)

@@ -12,6 +12,7 @@ from spikebridge.config import TRAIN_SECTIONS, TrainConfig, load_config
 from spikebridge.data import DeviceLoader, load_splits
 from spikebridge.engine import ClassificationTask, Loaders, fit, train_run
 from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine import progress
 from spikebridge.engine.train import Trainer
 from spikebridge.errors import ConfigError
 from spikebridge.models import build
@@ -119,6 +120,18 @@ def test_fit_logs_task_extras_and_selects_on_validation(tmp_path):
     assert result.state.best_test == max(r["test_accuracy"] for r in result.history)
     assert result.state.final_test == result.history[-1]["test_accuracy"]
     assert set(result.test["accuracy_by_timestep"]) == {"1"}
+
+
+def test_fit_reports_every_training_batch_to_a_progress_listener(tmp_path):
+    ticks = []
+    with progress.listening(ticks.append):  # what a demo worker forwards to its lane
+        train_run(tiny_config(tmp_path / "run", epochs=2), log=lambda _: None)
+    # 96 training images in batches of 16: 6 per epoch
+    assert [(t.epoch, t.step) for t in ticks] == [(e, s) for e in (1, 2) for s in range(1, 7)]
+    assert {(t.epochs, t.steps) for t in ticks} == {(2, 6)}
+    assert ticks[-1].fraction == 1.0 and ticks[5].fraction == 0.5
+    progress.report(1, 1, 1, 1)  # outside the block: nobody listens, nothing recorded
+    assert len(ticks) == 12
 
 
 @pytest.mark.parametrize("clip", [None, 0.01])
