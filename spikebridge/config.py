@@ -46,12 +46,13 @@ from spikebridge.nn.surrogate import SURROGATES
 DEFAULT_RUNS_DIR = "runs"  # parent folder of auto-named run folders
 SCHEDULES = ("cosine", "multistep", "onecycle")
 OPTIMIZERS = ("sgd", "adamw")
-DEFAULT_LR = {"sgd": 0.05, "adamw": 2e-3}
+DEFAULT_LR = {"sgd": 0.1, "adamw": 2e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.05}
 # Named presets: flat config keys applied over the defaults and under --config / options.
 PRESETS: dict[str, dict[str, Any]] = {
     # The IDSNN authors' recipe (METHODS 1.4): SGD 0.05, momentum 0.9, wd 1e-4 on all
-    # parameters, batch 64, 200 epochs, x0.1 at 60/120/160, crop + flip, AMP, PyTorch's init.
+    # parameters, batch 64, 200 epochs, x0.1 at 60/120/160, crop + flip, AMP, PyTorch's init,
+    # no gradient clipping, no zero-initialised residual branches.
     "idsnn-paper": {
         "optimizer": "sgd",
         "lr": 0.05,
@@ -67,8 +68,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "augment": True,
         "amp": True,
         "conv_init": "default",
+        "grad_clip": None,
+        "zero_init_residual": False,
     },
 }
+# clip/qcfs ANNs start with zero-initialised residual branches unless a source says otherwise:
+# at 100+ layers their straight-through gradients explode without it (results-history.md,
+# "Conversion"), and a pre-add QCFS ResNet-56 learns faster with it ("Defaults screen").
+ZERO_INIT_ACTIVATIONS = ("clip", "qcfs")
+# Defaults that depend on other options, as --help shows them.
+DEFAULT_SHOWN = {"zero_init_residual": "on for clip/qcfs ANNs, else off"}
 DEVICES_HELP = "auto (cuda if available, else cpu), cpu, cuda, cuda:N"
 
 
@@ -169,9 +178,18 @@ class DataConfig:
     val_size: int | float = option(
         0.1, "validation split held out of the training file: a fraction or a count"
     )
-    batch_size: int = option(64, "training batch size")
+    batch_size: int = option(
+        32,
+        "training batch size (32: twice the steps of 64 per epoch, which a short spiking "
+        "run needs to leave chance level; the IDSNN recipe: 64)",
+    )
     eval_batch_size: int | None = option(None, "evaluation batch size; none = 4 x batch size")
-    augment: bool = option(True, "random crop (pad 4) and horizontal flip of training images")
+    augment: bool = option(
+        False,
+        "random crop (pad 4) and horizontal flip of training images; off by default: in "
+        "runs of a few epochs networks under-fit and crop + flip only slows them down "
+        "(docs/notes/results-history.md); --preset idsnn-paper turns it on",
+    )
     image_size: int = option(224, "imagefolder: training crop / evaluation crop size")
     workers: int | None = option(
         None, "imagefolder: decoding worker processes; none = min(8, cpus)"
@@ -218,7 +236,9 @@ class OptimConfig:
     )
     gamma: float = option(0.1, "multistep: lr factor at each milestone")
     grad_clip: float | None = option(
-        None, "clip the global gradient norm to this value before each step; none = off"
+        2.0,
+        "clip the global gradient norm to this value before each step (deep clip/qcfs "
+        "ANNs explode without it); none = off",
     )
 
     def __post_init__(self) -> None:
@@ -252,7 +272,12 @@ class OptimConfig:
 class TrainConfig:
     """How long, where and on what to train; where the run folder goes."""
 
-    epochs: int = option(200, "training epochs (IDSNN recipe: 200)")
+    epochs: int = option(
+        3,
+        "training epochs; 3 epochs of the whole Fashion-MNIST take about 7 min for a "
+        "ResNet-32 x0.5 ANN and 20 min for a Spiking ResNet-20 x0.5 at T = 4 on one CPU thread "
+        "(docs/RESULTS.md); the IDSNN recipe (--preset idsnn-paper): 200",
+    )
     seed: int = option(0, "seed of the splits, the initial weights, data order and augmentation")
     device: str = option("auto", DEVICES_HELP)
     threads: int | None = option(
@@ -298,7 +323,8 @@ MODEL_HELP = {
     "surrogate": "surrogate gradient of the spike function",
     "surrogate_alpha": "surrogate width/sharpness; none = the surrogate's default",
     "phi": "IF initial potential as a fraction of the threshold (METHODS 2.1)",
-    "qcfs_levels": "quantization levels L of the qcfs activation",
+    "qcfs_levels": "quantization levels L of the qcfs activation (4 in every run of "
+    "docs/RESULTS.md)",
     "stem_padding": "stem conv padding; 3 reproduces the IDSNN authors' quirk",
     "neuron_backend": "fused (one kernel) or loop (per-step reference)",
     "zero_init_residual": "start the last BN of every residual branch at gamma = 0, so a new "
@@ -542,7 +568,19 @@ def load_config(
         for key, value in (source or {}).items():
             for section, name, v in _resolve(str(key), value, sections):
                 values[section][name] = v
-    return Config(**{s: build_section(s, values[s]) for s in sections})
+    config = Config(**{s: build_section(s, values[s]) for s in sections})
+    return _zero_init_by_default(config, given="zero_init_residual" in values.get("model", {}))
+
+
+def _zero_init_by_default(config: Config, given: bool) -> Config:
+    """A clip/qcfs ANN whose ``zero_init_residual`` no source set gets it on
+    (:data:`ZERO_INIT_ACTIVATIONS`); every other model keeps the field's default (off)."""
+    if given or "model" not in config.sections:
+        return config
+    model = config.model
+    if model.neuron is None and model.activation in ZERO_INIT_ACTIVATIONS:
+        return config.replace("model", zero_init_residual=True)
+    return config
 
 
 def preset_values(name: str | None, sections: Iterable[str]) -> dict[str, Any]:
@@ -592,7 +630,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: Iterable[str
 
 def _add_field_option(group: Any, section: Section, f: dataclasses.Field[Any]) -> None:
     flat = section.flat(f.name)
-    text = f"{section.help_of(f)} (default: {_default_text(f.default)})".replace("%", "%%")
+    shown = DEFAULT_SHOWN.get(f.name, _default_text(f.default))
+    text = f"{section.help_of(f)} (default: {shown})".replace("%", "%%")
     kwargs: dict[str, Any] = dict(dest=f"{section.name}.{f.name}", default=argparse.SUPPRESS)
     choices = section.choices_of(f)
     if typing.get_type_hints(section.cls)[f.name] is bool:

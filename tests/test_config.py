@@ -34,9 +34,51 @@ def parse(argv, sections=TRAIN_SECTIONS):
 def test_defaults_are_typed_sections():
     cfg = load_config()
     assert isinstance(cfg.model, ModelConfig)  # reused, not redefined
-    assert cfg.data.dataset == "fashion-mnist" and cfg.data.batch_size == 64
-    assert cfg.optim.lr == 0.05 and cfg.optim.milestones == (0.3, 0.6, 0.8)
+    assert cfg.data.dataset == "fashion-mnist" and cfg.data.batch_size == 32
+    assert cfg.optim.lr == 0.1 and cfg.optim.milestones == (0.3, 0.6, 0.8)
     assert cfg.train.device == "auto" and cfg.train.amp is True
+
+
+def test_defaults_are_those_our_measurements_recommend():
+    """docs/notes/results-history.md, "Defaults against our own measurements": a short run
+    (3 epochs, batch 32, lr 0.1, no augmentation, clipping at 2) and QCFS with L = 4."""
+    cfg = load_config()
+    assert (cfg.train.epochs, cfg.data.batch_size, cfg.data.augment) == (3, 32, False)
+    assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.grad_clip) == ("sgd", 0.1, 2.0)
+    assert (cfg.optim.schedule, cfg.optim.warmup) == ("cosine", 0.05)
+    assert cfg.model.qcfs_levels == 4 and ModelConfig().qcfs_levels == 4
+
+
+@pytest.mark.parametrize(
+    ("options", "zero_init"),
+    [
+        ({"activation": "qcfs"}, True),
+        ({"activation": "clip", "block": "pre-add"}, True),
+        ({"activation": "qcfs", "zero_init_residual": False}, False),  # a source said so
+        ({"activation": "relu"}, False),
+        ({"activation": "qcfs", "neuron": "if"}, False),  # spiking: off
+        ({"neuron": "lif"}, False),
+    ],
+)
+def test_clip_and_qcfs_anns_start_with_zero_initialised_residual_branches(options, zero_init):
+    assert load_config(overrides=options).model.zero_init_residual is zero_init
+
+
+def test_a_stored_config_keeps_its_zero_init_choice():
+    stored = load_config(overrides={"activation": "qcfs", "zero_init_residual": False})
+    assert load_config(base=stored.to_dict()).model.zero_init_residual is False
+
+
+def test_the_idsnn_paper_preset_keeps_the_papers_values_over_the_new_defaults():
+    cfg = load_config(preset="idsnn-paper")
+    assert (cfg.train.epochs, cfg.data.batch_size, cfg.data.augment) == (200, 64, True)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.05, 0.9, 1e-4)
+    assert (cfg.optim.schedule, cfg.optim.milestones, cfg.optim.gamma) == (
+        "multistep", (0.3, 0.6, 0.8), 0.1,
+    )  # fmt: skip
+    assert cfg.optim.grad_clip is None and cfg.optim.warmup == 0.0 and cfg.train.amp is True
+    assert (cfg.model.conv_init, cfg.model.zero_init_residual) == ("default", False)
+    assert parse(["--preset", "idsnn-paper", "--epochs", "3"]).train.epochs == 3  # options win
 
 
 def test_yaml_nested_and_flat_keys_with_command_line_winning(tmp_path):
@@ -135,8 +177,11 @@ def test_help_shows_every_option_with_its_default():
     add_config_arguments(parser, TRAIN_SECTIONS)
     text = " ".join(parser.format_help().split())
     for expected in [
-        "--batch-size BATCH_SIZE training batch size (default: 64)",
-        "--qcfs-levels QCFS_LEVELS quantization levels L of the qcfs activation (default: 8)",
+        "--batch-size BATCH_SIZE training batch size",
+        "(default: 32)",
+        "--qcfs-levels QCFS_LEVELS quantization levels L of the qcfs activation (4 in every "
+        "run of docs/RESULTS.md) (default: 4)",
+        "(default: on for clip/qcfs ANNs, else off)",
         "--milestones MILESTONES",
         "(default: 0.3,0.6,0.8)",
         "--progress, --no-progress",

@@ -83,7 +83,7 @@ class ModelConfig:
     surrogate: str = "rect"  # rect | sigmoid | atan
     surrogate_alpha: float | None = None  # surrogate width/sharpness; None = its default
     phi: float = 0.5  # IF initial potential, fraction of θ (METHODS 2.1)
-    qcfs_levels: int = 8  # L for the qcfs activation
+    qcfs_levels: int = 4  # L for the qcfs activation (every documented run uses 4)
     stem_padding: int = 1  # 3 reproduces the IDSNN authors' stem quirk
     stem: str = "3x3"  # 3x3 (small images) | 7x7 (ImageNet style, stride 2 + pooling)
     stem_pool: str = "avg"  # after a 7x7 stem: avg (spiking-friendly) | max (torchvision) | none

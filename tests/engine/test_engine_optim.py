@@ -44,7 +44,7 @@ def test_cosine_warmup_reference_values():
 
 def test_default_schedule_is_cosine_with_warmup_and_multistep_warms_too():
     cfg = OptimConfig()
-    assert (cfg.optimizer, cfg.schedule, cfg.warmup, cfg.lr) == ("sgd", "cosine", 0.05, 0.05)
+    assert (cfg.optimizer, cfg.schedule, cfg.warmup, cfg.lr) == ("sgd", "cosine", 0.05, 0.1)
     f = lr_factor(OptimConfig(schedule="multistep", warmup=0.2, milestones=(0.5,)), 2, 10)
     assert [f(0), f(3), f(9), f(10)] == pytest.approx([0.25, 1.0, 1.0, 0.1])
 
