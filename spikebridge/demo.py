@@ -247,30 +247,43 @@ def _run_in_workers(plan: _Schedule, jobs: int, threads: int, board: LaneBoard) 
     queue = context.SimpleQueue()  # workers -> main: log lines and training ticks
     with ProcessPoolExecutor(jobs, context, _worker_init, (threads, queue)) as pool:
         running: dict[Future, Step] = {}
-        while plan.pending or running:
-            plan.skip_finished()
-            for s in plan.ready()[: jobs - len(running)]:
-                plan.begin(s)
-                board.start(s.name)
-                running[pool.submit(run_reported, s.name, s.make, s.args)] = s
-            if not running:
-                plan.refuse_cycle()
-                continue
-            over, _ = wait(running, timeout=REDRAW_EVERY_S, return_when=FIRST_COMPLETED)
-            board.drain(queue)  # a finished step's lines were all queued before its result
-            for future in over:
-                s = running.pop(future)
-                board.stop(s.name)
-                error = future.exception()
-                if error is not None:
-                    _stop_others(running, board, queue)
-                    raise error
-                plan.end(s, "done")
+        try:
+            _schedule(plan, pool, running, board, queue, jobs)
+        except KeyboardInterrupt:  # workers hit by the same Ctrl-C are gone at once; one that
+            _stop_others(running, board, queue)  # was not ends its step, never blocked on
+            raise  # a full queue
+
+
+def _schedule(
+    plan: _Schedule, pool: ProcessPoolExecutor, running: dict[Future, Step], board: LaneBoard,
+    queue: SimpleQueue, jobs: int,
+) -> None:  # fmt: skip
+    """Submit ready steps while fewer than ``jobs`` run; every half second take the
+    workers' messages, and end the steps that are over."""
+    while plan.pending or running:
+        plan.skip_finished()
+        for s in plan.ready()[: jobs - len(running)]:
+            plan.begin(s)
+            board.start(s.name)
+            running[pool.submit(run_reported, s.name, s.make, s.args)] = s
+        if not running:
+            plan.refuse_cycle()
+            continue
+        over, _ = wait(running, timeout=REDRAW_EVERY_S, return_when=FIRST_COMPLETED)
+        board.drain(queue)  # a finished step's lines were all queued before its result
+        for future in over:
+            s = running.pop(future)
+            board.stop(s.name)
+            error = future.exception()
+            if error is not None:
+                _stop_others(running, board, queue)
+                raise error
+            plan.end(s, "done")
 
 
 def _stop_others(running: dict[Future, Step], board: LaneBoard, queue: SimpleQueue) -> None:
-    """After a failure: cancel the waiting steps and let the running ones end, still
-    printing their lines (a worker would block on a full queue)."""
+    """After a failure or an interrupt: cancel the waiting steps and let the running ones
+    end, still printing their lines (a worker would block on a full queue)."""
     for other in running:
         other.cancel()
     while not all(f.done() for f in running):

@@ -107,7 +107,7 @@ class Lane:
             eta = self.eta()
             parts.append(f"ETA {duration(eta)}" if eta is not None else "ETA -")
         else:
-            parts.append("not training (setting up, converting or testing)")
+            parts.append("no training batch yet (setting up, converting or testing)")
         return ", ".join(parts)
 
 

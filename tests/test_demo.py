@@ -151,7 +151,11 @@ def test_a_terminal_gets_one_line_per_lane_redrawn_in_place(capsys):
     board.lanes["SNN"].update(Tick(1, 4, 50, 250), time.monotonic())
     board.redraw(force=True)
     drawn = capsys.readouterr().out.splitlines()
-    assert len(drawn) == 2 and drawn[0].startswith("teacher ANN: ") and "not training" in drawn[0]
+    assert (
+        len(drawn) == 2
+        and drawn[0].startswith("teacher ANN: ")
+        and "no training batch yet" in drawn[0]
+    )
     assert drawn[1].startswith("SNN: ") and "epoch 1/4, batch 50/250 (5 % of training)" in drawn[1]
     board.say("[SNN] epoch 1/4 ...")  # a line above the lanes: erase both, print, redraw
     out = capsys.readouterr().out
