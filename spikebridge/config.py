@@ -72,12 +72,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "zero_init_residual": False,
     },
 }
-# clip/qcfs ANNs start with zero-initialised residual branches unless a source says otherwise:
-# at 100+ layers their straight-through gradients explode without it (results-history.md,
-# "Conversion"), and a pre-add QCFS ResNet-56 learns faster with it ("Defaults screen").
-ZERO_INIT_ACTIVATIONS = ("clip", "qcfs")
+# Conversion-aware ANNs (no neuron; clip or qcfs) get these model values where no source set
+# them: zero-initialised residual branches (at 100+ layers their straight-through gradients
+# explode without: results-history.md, "Training 100+ layer conversion-aware ANNs") and, for
+# qcfs, an initial lambda of 2 (with L = 4, steps of 0.5; every documented run uses it, and
+# lambda 8 left a pre-add QCFS ResNet-56 at 27.7 %: "Defaults against our own measurements").
+ANN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "clip": {"zero_init_residual": True},
+    "qcfs": {"zero_init_residual": True, "threshold": 2.0},
+}
 # Defaults that depend on other options, as --help shows them.
-DEFAULT_SHOWN = {"zero_init_residual": "on for clip/qcfs ANNs, else off"}
+DEFAULT_SHOWN = {
+    "zero_init_residual": "on for clip/qcfs ANNs, else off",
+    "threshold": "lif 0.5, if 1.0, clip 8.0, qcfs 2.0",
+}
 DEVICES_HELP = "auto (cuda if available, else cpu), cpu, cuda, cuda:N"
 
 
@@ -318,7 +326,7 @@ MODEL_HELP = {
     "activation": "ANN activation (METHODS 2.2)",
     "timesteps": "T, simulation time-steps of a spiking model",
     "block": "residual structure; pre-add is our restructured block (METHODS 2.5)",
-    "threshold": "neuron threshold (lif 0.5, if 1.0) or initial lambda of clip/qcfs (8.0)",
+    "threshold": "neuron threshold or initial lambda of clip/qcfs; none = the default of each",
     "decay": "LIF membrane leak per step (METHODS 1.1)",
     "surrogate": "surrogate gradient of the spike function",
     "surrogate_alpha": "surrogate width/sharpness; none = the surrogate's default",
@@ -569,18 +577,17 @@ def load_config(
             for section, name, v in _resolve(str(key), value, sections):
                 values[section][name] = v
     config = Config(**{s: build_section(s, values[s]) for s in sections})
-    return _zero_init_by_default(config, given="zero_init_residual" in values.get("model", {}))
+    return _conversion_aware_defaults(config, given=set(values.get("model", {})))
 
 
-def _zero_init_by_default(config: Config, given: bool) -> Config:
-    """A clip/qcfs ANN whose ``zero_init_residual`` no source set gets it on
-    (:data:`ZERO_INIT_ACTIVATIONS`); every other model keeps the field's default (off)."""
-    if given or "model" not in config.sections:
+def _conversion_aware_defaults(config: Config, given: set[str]) -> Config:
+    """A clip/qcfs ANN takes :data:`ANN_DEFAULTS` for each model key no source set (so the
+    stored config.json holds the value); every other model keeps the field defaults."""
+    if "model" not in config.sections or config.model.neuron is not None:
         return config
-    model = config.model
-    if model.neuron is None and model.activation in ZERO_INIT_ACTIVATIONS:
-        return config.replace("model", zero_init_residual=True)
-    return config
+    extra = ANN_DEFAULTS.get(config.model.activation, {})
+    extra = {key: value for key, value in extra.items() if key not in given}
+    return config.replace("model", **extra) if extra else config
 
 
 def preset_values(name: str | None, sections: Iterable[str]) -> dict[str, Any]:

@@ -64,6 +64,20 @@ def test_clip_and_qcfs_anns_start_with_zero_initialised_residual_branches(option
     assert load_config(overrides=options).model.zero_init_residual is zero_init
 
 
+@pytest.mark.parametrize(
+    ("options", "threshold"),
+    [
+        ({"activation": "qcfs"}, 2.0),  # L = 4 levels of 0.5
+        ({"activation": "qcfs", "threshold": "none"}, None),  # a source said so: lambda 8
+        ({"activation": "qcfs", "threshold": 3.0}, 3.0),
+        ({"activation": "clip"}, None),
+        ({"activation": "qcfs", "neuron": "if"}, None),
+    ],
+)
+def test_qcfs_anns_start_with_lambda_2(options, threshold):
+    assert load_config(overrides=options).model.threshold == threshold
+
+
 def test_a_stored_config_keeps_its_zero_init_choice():
     stored = load_config(overrides={"activation": "qcfs", "zero_init_residual": False})
     assert load_config(base=stored.to_dict()).model.zero_init_residual is False
@@ -182,6 +196,7 @@ def test_help_shows_every_option_with_its_default():
         "--qcfs-levels QCFS_LEVELS quantization levels L of the qcfs activation (4 in every "
         "run of docs/RESULTS.md) (default: 4)",
         "(default: on for clip/qcfs ANNs, else off)",
+        "(default: lif 0.5, if 1.0, clip 8.0, qcfs 2.0)",
         "--milestones MILESTONES",
         "(default: 0.3,0.6,0.8)",
         "--progress, --no-progress",
