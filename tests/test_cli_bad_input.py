@@ -195,7 +195,7 @@ def test_experiment_set_typos_name_the_nearest_key(tmp_path, setting, words):
 
 
 def test_an_image_folder_smaller_than_a_batch_trains(tmp_path):
-    """24 training images, the default batch of 64: one short batch per epoch, as before."""
+    """24 training images, the default batch of 32: one short batch per epoch, as before."""
     rng = np.random.default_rng(0)
     for split, n in (("train", 8), ("val", 2)):
         for c in range(3):
