@@ -43,7 +43,7 @@ from spikebridge.demo_progress import (
     run_reported,
 )
 from spikebridge.engine.checkpoint import read_json
-from spikebridge.engine.rundir import validate_run_dir
+from spikebridge.engine.rundir import prepare_output_folder, validate_run_dir
 from spikebridge.engine.runs import train_run
 from spikebridge.errors import ConfigError, SpikebridgeError
 from spikebridge.recipes.conversion import convert_run
@@ -71,6 +71,7 @@ QCFS_ANN = {"model": "resnet20", "width": 0.5, "epochs": 3, "activation": "qcfs"
             "qcfs_levels": 4, "block": "pre-add", "threshold": 2.0,
             "zero_init_residual": False}  # fmt: skip
 CONVERT_TIMESTEPS = list(range(1, 17))
+DEMO_OUTPUTS = ("demo.md", "demo.json")
 QCFS_METHODS = ("qcfs", "ttrbr")
 CALIBRATION_IMAGES = 512
 CONVERT_TEST_IMAGES = 2000
@@ -329,14 +330,15 @@ def run_demo(
     ``threads``: torch threads in all (default: torch's choice), shared by ``jobs`` worker
     processes (default: ``default_jobs``); ``jobs=1`` runs in this process, with progress bars.
     """
-    out = Path(out)
     total = threads or torch.get_num_threads()
     jobs = default_jobs(total) if jobs is None else jobs
     if jobs < 1:
         raise ConfigError(f"--jobs is {jobs}; expected 1 or more worker processes.")
     per_job = max(1, total // jobs)
     # resume: a demo killed mid-training continues the interrupted run when re-run
-    steps = demo_steps(out, per_job if jobs > 1 else threads, progress=jobs == 1)
+    steps = demo_steps(Path(out), per_job if jobs > 1 else threads, progress=jobs == 1)
+    # a folder holding files the demo did not write is refused, nothing in it touched
+    out = prepare_output_folder(out, [*DEMO_OUTPUTS, *(s.run_dir.name for s in steps)])
     log(f"[demo] {len(steps)} steps, {jobs} at a time, {per_job} torch thread(s) each")
     run_steps(steps, jobs, log, per_job)
     summary = {s.name: read_json(s.run_dir / "summary.json") for s in steps}

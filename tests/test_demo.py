@@ -173,3 +173,12 @@ def test_the_eta_extrapolates_the_ticks_seen():
     assert lane.eta() == pytest.approx(90.0)  # 45 points left
     assert "ETA 1m30s" in lane.line(now=230.0) and "3m50s in" in lane.line(now=230.0)
     assert [duration(s) for s in (5, 75, 3725)] == ["5s", "1m15s", "1h02m"]
+
+
+def test_demo_refuses_a_folder_of_foreign_files_and_leaves_it_as_it_was(tmp_path):
+    (tmp_path / "notes.txt").write_bytes(b"mine\n")
+    (tmp_path / "demo.md").write_bytes(b"my own table\n")
+    with pytest.raises(ConfigError, match="did not write"):
+        run_demo(tmp_path, jobs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.md", "notes.txt"]
+    assert (tmp_path / "demo.md").read_bytes() == b"my own table\n"
