@@ -33,11 +33,13 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "methods"))  # user_cnns: plain torch, both venvs
@@ -69,9 +71,9 @@ def best_per_t(setups: dict[str, dict[str, float]], timesteps: list[int]) -> dic
     return best
 
 
-def _rows(net: dict, timesteps: list[int]) -> list[tuple[str, list[float], list[str]]]:
-    """``(row label, accuracies per t, note per t)`` for one network."""
-    rows = [(f"spikebridge `{m}`", [by_t[str(t)] for t in timesteps], [""] * len(timesteps))
+def _rows(net: dict, timesteps: list[int]) -> list[tuple[str, list[float | None], list[str]]]:
+    """``(row label, accuracies per t (None: not run), note per t)`` for one network."""
+    rows = [(f"spikebridge `{m}`", [by_t.get(str(t)) for t in timesteps], [""] * len(timesteps))
             for m, by_t in net["spikebridge"].items()]  # fmt: skip
     best = best_per_t(net["spikingjelly"], timesteps)
     rows.append(("SpikingJelly, best setup at each T", [best[str(t)][0] for t in timesteps],
@@ -81,20 +83,29 @@ def _rows(net: dict, timesteps: list[int]) -> list[tuple[str, list[float], list[
 
 def markdown_table(record: dict) -> str:
     """One markdown table: per network, each of our methods and SpikingJelly's best setup
-    per T (its name beside the figure); the best spiking figure of each column in bold."""
+    per T (its name beside the figure); the best spiking figure of each column in bold, a
+    cell not run (``--ttrbr-timesteps``) as a dash."""
     timesteps = record["setup"]["timesteps"]
     lines = ["| network (ANN accuracy) | conversion | " + " | ".join(f"T = {t}" for t in timesteps)
              + " |", "|---|---|" + "---|" * len(timesteps)]  # fmt: skip
     for name, net in record["networks"].items():
         rows = _rows(net, timesteps)
-        tops = [max(round(100 * row[1][i], 2) for row in rows) for i in range(len(timesteps))]
+        tops = [max(round(100 * row[1][i], 2) for row in rows if row[1][i] is not None)
+                for i in range(len(timesteps))]  # fmt: skip
         label = f"{NETWORK_LABELS.get(name, name)} ({100 * net['ann_accuracy']:.2f} %)"
         for row_name, accs, notes in rows:
-            cells = [f"**{100 * a:.2f}**" if round(100 * a, 2) == top else f"{100 * a:.2f}"
-                     for a, top in zip(accs, tops, strict=True)]  # fmt: skip
+            cells = [_cell(a, top) for a, top in zip(accs, tops, strict=True)]
             cells = [c + n for c, n in zip(cells, notes, strict=True)]
             lines.append(f"| {label} | {row_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(accuracy: float | None, top: float) -> str:
+    """A percentage with two decimals, bold when it is the column's best; a dash if not run."""
+    if accuracy is None:
+        return "—"
+    text = f"{100 * accuracy:.2f}"
+    return f"**{text}**" if round(100 * accuracy, 2) == top else text
 
 
 def write_json(record: dict, path: Path) -> None:
@@ -202,7 +213,8 @@ def run(args: argparse.Namespace) -> dict:
         try:
             for name, method in ((n, m) for n in args.networks for m in args.methods):
                 t0 = time.perf_counter()
-                by_t = ours(anns[name], data, method, args.timesteps, args.batch_size)
+                ts = args.ttrbr_timesteps if method == "ttrbr" else args.timesteps
+                by_t = ours(anns[name], data, method, ts, args.batch_size)
                 networks[name]["spikebridge"][method] = by_t
                 networks[name]["seconds"][method] = round(time.perf_counter() - t0, 1)
                 print(f"spikebridge {name} {method}: "
@@ -224,6 +236,7 @@ def run(args: argparse.Namespace) -> dict:
              "batch_size": args.batch_size, "test_images": len(data["test_y"]),
              "calibration_images": len(data["calib"]), "seed": args.seed,
              "timesteps": args.timesteps, "methods": args.methods,
+             "ttrbr_timesteps": args.ttrbr_timesteps,
              "torch": torch.__version__, "spikingjelly": peer_record["spikingjelly"],
              "peer_torch": peer_record["torch"], "threads": 1,
              "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -236,12 +249,21 @@ def run(args: argparse.Namespace) -> dict:
 # --------------------------------------------------------------------------- CLI
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one sentence (BenchmarkInputError), not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise BenchmarkInputError(message)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = _Parser(description=__doc__.split("\n")[0])
     p.add_argument("--networks", default="sequential,residual,deep",
                    help="comma-separated: sequential, residual, deep")  # fmt: skip
     p.add_argument("--methods", default="robust,ttrbr", help="ours: robust, ttrbr, maxnorm")
     p.add_argument("--timesteps", default=",".join(map(str, TIMESTEPS)))
+    p.add_argument("--ttrbr-timesteps", help="the T at which ttrbr is tuned and scored, a "
+                   "subset of --timesteps (default: all; each costs a tuning run)")  # fmt: skip
     p.add_argument("--train-images", type=int, default=10000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
@@ -273,6 +295,12 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     args.networks = [n.strip() for n in args.networks.split(",")]
     args.methods = [m.strip() for m in args.methods.split(",")]
     args.timesteps = _int_list(args.timesteps, "--timesteps")
+    if args.ttrbr_timesteps is None:
+        args.ttrbr_timesteps = args.timesteps
+    else:
+        args.ttrbr_timesteps = _int_list(args.ttrbr_timesteps, "--ttrbr-timesteps")
+    if not set(args.ttrbr_timesteps) <= set(args.timesteps):
+        raise BenchmarkInputError("--ttrbr-timesteps must be a subset of --timesteps")
     if bad := [n for n in args.networks if n not in NETWORK_LABELS]:
         raise BenchmarkInputError(f"--networks {bad[0]!r}: expected some of {list(NETWORK_LABELS)}")
     if bad := [m for m in args.methods if m not in ("robust", "ttrbr", "maxnorm")]:
@@ -294,6 +322,11 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: the peer process is stopped and the temporary folder removed."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -311,4 +344,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
     sys.exit(main())

@@ -67,6 +67,7 @@ def test_write_json_replaces_the_file_whole(tmp_path: Path) -> None:
         (["--methods", "qcfs"], "--methods 'qcfs': expected robust, ttrbr or maxnorm"),
         (["--timesteps", "0,4"], "--timesteps '0,4': expected positive integers"),
         (["--test-images", "0"], "--test-images must be a positive integer"),
+        (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
         (["--peer-python", "no/such/python"], "no peer Python at no/such/python"),
     ],
 )
