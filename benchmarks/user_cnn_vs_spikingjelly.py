@@ -100,6 +100,31 @@ def markdown_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def setups_table(record: dict) -> str:
+    """Every SpikingJelly setup of every network at every T (the detail behind the best)."""
+    timesteps = record["setup"]["timesteps"]
+    lines = ["| network | SpikingJelly setup | " + " | ".join(f"T = {t}" for t in timesteps)
+             + " |", "|---|---|" + "---|" * len(timesteps)]  # fmt: skip
+    for name, net in record["networks"].items():
+        for setup, by_t in net["spikingjelly"].items():
+            cells = [f"{100 * by_t[str(t)]:.2f}" for t in timesteps]
+            lines.append(f"| {NETWORK_LABELS.get(name, name)} | `{setup}` | "
+                         + " | ".join(cells) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def read_record(path: Path) -> dict:
+    """A record this benchmark wrote (BenchmarkInputError when it is not one)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        record = None
+    ok = isinstance(record, dict) and isinstance(record.get("networks"), dict)
+    if not ok or "timesteps" not in (record.get("setup") or {}):
+        raise BenchmarkInputError(f"--report {path}: expected a JSON file this benchmark wrote")
+    return record
+
+
 def _cell(accuracy: float | None, top: float) -> str:
     """A percentage with two decimals, bold when it is the column's best; a dash if not run."""
     if accuracy is None:
@@ -275,9 +300,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--peer-python", default=os.environ.get(
         "SPIKEBRIDGE_PEER_PYTHON", str(ROOT / ".peer-venv" / "bin" / "python")))  # fmt: skip
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    p.add_argument("--report", type=Path, help="print the tables of a JSON this benchmark "
+                   "wrote (its best-per-T table and every SpikingJelly setup); runs nothing")  # fmt: skip
     args = p.parse_args(argv)
     args.argv = argv
-    return validate(args)
+    return args if args.report else validate(args)
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -330,6 +357,10 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
+        if args.report:
+            record = read_record(args.report)
+            print(markdown_table(record) + "\n\n" + setups_table(record))
+            return 0
         record = run(args)
     except BenchmarkInputError as err:
         print(f"error: {err}", file=sys.stderr)

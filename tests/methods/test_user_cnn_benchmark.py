@@ -60,6 +60,22 @@ def test_write_json_replaces_the_file_whole(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["out.json"]  # no temporary left
 
 
+def test_report_prints_both_tables_of_a_written_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "r.json"
+    bench.write_json(_fake_record(), path)
+    assert bench.main(["--report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert bench.markdown_table(_fake_record()) in out
+    assert "| (a) Sequential, 2 MaxPool | `99.9%` | 40.00 | 30.00 | 70.00 |" in out
+    for bad in ('{"setup": {}}', "[1]", "{"):
+        path.write_text(bad)
+        assert bench.main(["--report", str(path)]) == 2
+    assert bench.main(["--report", str(tmp_path)]) == 2  # a folder
+    assert "expected a JSON file this benchmark wrote" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
