@@ -18,7 +18,8 @@ The networks (``tests/methods/user_cnns.py``, plain torch): (a) ``sequential``, 
 with a residual add and two MaxPools; (c) ``deep``, ``DeepResidualCNN``, nine convs with
 three residual adds and two MaxPools. QCFS is left out: these ANNs have ReLU sites.
 
-Usage (repository root; about 20-40 minutes on a loaded 2-core machine)::
+Usage (repository root; 45 minutes on a loaded 2-core machine, most of it ttrbr at T = 16
+and 32; ``--ttrbr-timesteps 1,2,4,8`` halves it)::
 
     bash tools/peer-env.sh                      # once: .peer-venv with SpikingJelly 2.0
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/user_cnn_vs_spikingjelly.py
@@ -293,8 +294,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--calibration-images", type=int, default=256)
-    p.add_argument("--test-images", type=int, default=2000)
+    p.add_argument("--calibration-images", type=int, default=128)
+    p.add_argument("--test-images", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (package default)")
     p.add_argument("--peer-python", default=os.environ.get(
