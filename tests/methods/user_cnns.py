@@ -92,3 +92,61 @@ class FashionCNN(nn.Module):
         x = self.pool2(self.relu3(self.bn3(self.conv3(y)) + x))
         x = self.pool3(self.relu4(self.bn4(self.conv4(x))))
         return self.fc(torch.flatten(x, 1))
+
+
+def fashion_sequential_cnn(width: int = 16) -> nn.Sequential:
+    """An ``nn.Sequential`` for 28x28 grey images: conv-BN-ReLU-MaxPool twice, then a
+    two-layer linear head (the user-CNN benchmark's network (a))."""
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * width * 7 * 7, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
+
+
+class _ConvBN(nn.Sequential):
+    """A bias-free 3x3 convolution and its BatchNorm."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+
+
+class DeepResidualCNN(nn.Module):
+    """A deeper VGG-like network for 28x28 grey images (the benchmark's network (c)): nine
+    convolutions in three stages (28, 14, 7 pixels), each stage a widening conv and a
+    two-conv residual block, MaxPool between stages, global average pooling and a linear
+    readout; every ReLU a distinct ``nn.ReLU`` (SpikingJelly converts modules only)."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        widths = (width, 2 * width, 4 * width)
+        self.entry = nn.ModuleList()
+        self.body = nn.ModuleList()
+        self.relus = nn.ModuleList(nn.ReLU() for _ in range(9))
+        cin = 1
+        for w in widths:
+            self.entry.append(_ConvBN(cin, w))
+            self.body.append(nn.ModuleList([_ConvBN(w, w), _ConvBN(w, w)]))
+            cin = w
+        self.pools = nn.ModuleList([nn.MaxPool2d(2), nn.MaxPool2d(2)])
+        self.gap = nn.AvgPool2d(7)  # a module: SpikingJelly's recipe refuses the functional one
+        self.fc = nn.Linear(4 * width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in range(3):
+            if stage:
+                x = self.pools[stage - 1](x)
+            x = self.relus[3 * stage](self.entry[stage](x))
+            first, second = self.body[stage]
+            y = self.relus[3 * stage + 1](first(x))
+            x = self.relus[3 * stage + 2](second(y) + x)
+        return self.fc(torch.flatten(self.gap(x), 1))
