@@ -105,7 +105,8 @@ from spikebridge.models.resnet import BasicBlock, Bottleneck, ResNet
 
 METHODS = ("maxnorm", "robust", "qcfs", "ttrbr")
 TUNE_REFERENCES = (*REFERENCES, "select")  # select: per ANN, on held-out labelled images
-SELECT_CANDIDATES = ("ann", "clip")  # in tie-break order
+SELECT_CANDIDATES = ("ann", "clip")  # tuned candidates of select, in tie-break order
+UNTUNED_CANDIDATES = ("qcfs", "robust")  # untuned baselines select holds ttrbr to (2.4)
 HIST_BINS = 4096  # log-spaced histogram bins for percentiles
 HIST_DECADES = 6  # the histogram spans [max·1e-6, max]
 FALLBACK_THRESHOLD = 1.0  # θ for a site (channel) that never sees a positive input
@@ -387,6 +388,14 @@ class ConversionReport:
     calibration: CalibrationReport | None = None  # output calibration (ttrbr, tune_epochs)
     selection: SelectionReport | None = None  # tune_reference "select": what each scored
 
+    @property
+    def reference(self) -> str | None:
+        """What ttrbr's thresholds came from: the tuning reference (``ann`` / ``clip``), or
+        the untuned baseline (``qcfs`` / ``robust``) that ``select`` kept; None otherwise."""
+        if self.selection is not None:
+            return self.selection.chosen
+        return None if self.tuning is None else self.tuning.reference
+
     def to_markdown(self) -> str:
         lines = [f"method {self.method}, T = {self.timesteps}, φ = {self.phi}", ""]
         lines += ["| site | θ initial | θ |", "|---|---|---|"]
@@ -444,6 +453,7 @@ def convert(
     tune_lr: float = DEFAULT_LR,
     tune_schedule: str = DEFAULT_SCHEDULE,
     selection_data: Any = None,
+    selection_timesteps: tuple[int, ...] | list[int] = (),
 ) -> ResNet | SpikingGraph:
     """Convert a ResNet ANN or a traceable user CNN into a NEW IF spiking network (see the
     module docstring).
@@ -477,6 +487,10 @@ def convert(
         tune_schedule: (``ttrbr``) that fit's rate schedule: ``cosine`` (to 0) or ``constant``.
         selection_data: (``ttrbr``) labelled held-out ``(images, labels)`` batches, disjoint
             from the calibration images, for ``tune_reference="select"``.
+        selection_timesteps: (``ttrbr``, ``select``) further T the candidates are scored at
+            besides ``timesteps``: every T the caller will report. The kept thresholds are
+            the ones whose worst shortfall against the best untuned candidate (``qcfs``,
+            ``robust``), over all these T, is smallest (METHODS 2.4, "Choosing").
 
     Returns the spiking model (eval mode) with ``.conversion_report``
     (:class:`ConversionReport`): a ResNet with ``.config`` (rebuild with
@@ -509,7 +523,10 @@ def convert(
         )  # fmt: skip
         reference = _resolve_tune_reference(tune_reference, ann, selection_data)
         if reference == "select":
-            snn, tuning, calibration, selection = _tune_and_select(tune, snn, selection_data)
+            untuned = _untuned_candidates(ann, snn, batches, percentile, phi)
+            snn, tuning, calibration, selection = _tune_and_select(
+                tune, snn, selection_data, untuned, selection_timesteps
+            )
         else:
             tuning, calibration = tune(snn, reference)
     uses_percentile = method == "robust" or method == "ttrbr"
@@ -533,9 +550,11 @@ def _twin(ann: nn.Module, timesteps: int, phi: float) -> tuple[nn.Module, ResNet
 
 
 def selects_reference(reference: str | None, ann: nn.Module) -> bool:
-    """Whether ``tune_reference=reference`` makes ttrbr choose between two reference networks:
-    ``select`` on an ANN with QCFS sites (elsewhere the clip twin is the ANN itself)."""
-    return reference == "select" and qcfs_levels(ann) is not None
+    """Whether ``tune_reference=reference`` makes ttrbr choose its thresholds on held-out
+    labelled images: ``select``, on any ANN (tuned towards the ANN, and towards its clip twin
+    where it has QCFS sites, against the untuned ``qcfs`` / ``robust`` thresholds)."""
+    del ann  # every ANN has at least one tuned and one untuned candidate
+    return reference == "select"
 
 
 def _resolve_tune_reference(reference: str | None, ann: nn.Module, selection_data: Any) -> str:
@@ -548,8 +567,6 @@ def _resolve_tune_reference(reference: str | None, ann: nn.Module, selection_dat
         raise ConfigError(
             f"unknown tuning reference {reference!r}; expected one of {TUNE_REFERENCES}"
         )
-    if reference == "select" and not selects_reference(reference, ann):
-        return "ann"
     if reference == "select" and selection_data is None:
         raise ConfigError(
             "tune_reference 'select' needs selection_data: labelled (images, labels) batches "
@@ -596,15 +613,43 @@ class _TtrbrTuning:
         return tuning, calibration
 
 
+def _untuned_candidates(
+    ann: nn.Module, snn: nn.Module, batches: list[torch.Tensor], percentile: float, phi: float
+) -> dict[str, nn.Module]:
+    """Copies of the untuned ``snn`` with the baselines' thresholds (METHODS 2.6): ``qcfs``
+    (``θ = λ``, where every site has a ceiling) and ``robust`` (per-site percentile)."""
+    untuned = {}
+    for method in UNTUNED_CANDIDATES:
+        if method == "qcfs" and any(_lambda(site) is None for _, site in ann_sites(ann)):
+            continue
+        twin = copy.deepcopy(snn)
+        _set_neurons(twin, activation_thresholds(ann, batches, method, percentile), phi)
+        untuned[method] = twin
+    return untuned
+
+
 def _tune_and_select(
-    tune: _TtrbrTuning, snn: nn.Module, selection_data: Any
-) -> tuple[nn.Module, TuningReport, CalibrationReport | None, SelectionReport]:
-    """Tune a copy of ``snn`` towards each of :data:`SELECT_CANDIDATES`; keep the one that
-    is more accurate on the held-out labelled ``selection_data`` (reference_selection)."""
+    tune: _TtrbrTuning,
+    snn: nn.Module,
+    selection_data: Any,
+    untuned: dict[str, nn.Module],
+    scored_at: tuple[int, ...] | list[int],
+) -> tuple[nn.Module, TuningReport | None, CalibrationReport | None, SelectionReport]:
+    """Tune a copy of ``snn`` towards each reference (the clip twin only where the ANN has
+    QCFS sites); keep, among them and the ``untuned`` baselines, the one
+    :func:`~spikebridge.methods.reference_selection.choose` picks on the held-out labelled
+    ``selection_data`` at the tuning T and every T of ``scored_at``. An untuned winner is
+    returned without tuning reports."""
     held_out = labelled_batches(selection_data)
-    tuned = {}
-    for reference in SELECT_CANDIDATES:
+    references = SELECT_CANDIDATES if qcfs_levels(tune.ann) is not None else ("ann",)
+    tuned: dict[str, tuple[nn.Module, TuningReport | None, CalibrationReport | None]] = {}
+    for reference in references:
         candidate = copy.deepcopy(snn)
         tuned[reference] = (candidate, *tune(candidate, reference))
-    selection = select_reference({k: v[0] for k, v in tuned.items()}, held_out, tune.timesteps)
+    tuned |= {name: (twin, None, None) for name, twin in untuned.items()}
+    selection = select_reference(
+        {k: v[0] for k, v in tuned.items()}, held_out, tune.timesteps, scored_at, set(untuned)
+    )
+    chosen = tuned[selection.chosen][0]
+    chosen.set_timesteps(tune.timesteps)  # type: ignore[operator]
     return (*tuned[selection.chosen], selection)

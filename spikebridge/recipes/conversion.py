@@ -192,8 +192,14 @@ def _report_markdown(summary: dict[str, Any], snn: nn.Module) -> str:
         sel = summary["reference_selection"]
         lines += ["", f"## Tuning reference, chosen at T = {sel['timesteps']}", ""]
         lines += [f"{sel['images']} held-out images ({sel['source']}); kept: {sel['chosen']}", ""]
-        lines += ["| reference | held-out accuracy |", "|---|---|"]
-        lines += [f"| {k} | {100 * v:.2f} % |" for k, v in sel["accuracy"].items()]
+        by_t = sel.get("accuracy_by_timestep") or {k: {str(sel["timesteps"]): v}
+                                                   for k, v in sel["accuracy"].items()}  # fmt: skip
+        ts = list(next(iter(by_t.values())))
+        lines += ["| candidate | " + " | ".join(f"T = {t}" for t in ts) + " |"]
+        lines += ["|---|" + "---|" * len(ts)]
+        for k, row in by_t.items():
+            name = f"{k} (untuned)" if k in sel.get("untuned", ()) else k
+            lines += [f"| {name} | " + " | ".join(f"{100 * row[t]:.2f} %" for t in ts) + " |"]
     return "\n".join(lines) + "\n"
 
 
@@ -262,6 +268,7 @@ def convert_run(
             compensate_stream=compensate_stream and method == "ttrbr",
             tune_reference=tune_reference, tune_epochs=tune_epochs if method == "ttrbr" else 0,
             tune_lr=tune_lr, tune_schedule=tune_schedule, selection_data=held_out,
+            selection_timesteps=wanted,
         )  # fmt: skip
         convert_s = time.perf_counter() - start
         loader = eval_loader(splits, data, seed, dev, batch_size, max_test_images)
@@ -276,7 +283,7 @@ def convert_run(
             "tune_guard": tune_guard if method == "ttrbr" else None,
             "tune_bias": tune_bias if method == "ttrbr" else None,
             "compensate_stream": compensate_stream if method == "ttrbr" else None,
-            "tune_reference": snn.conversion_report.tuning.reference if method == "ttrbr" else None,
+            "tune_reference": snn.conversion_report.reference if method == "ttrbr" else None,
             "tune_epochs": epochs, "tune_lr": tune_lr if epochs else None,
             "tune_schedule": tune_schedule if epochs else None,
         }  # fmt: skip
@@ -288,6 +295,8 @@ def convert_run(
         summary.update(measure_run(snn, loader, timesteps=sim_t, headline_t=tune_t))
         _write_converted(out_dir, config, snn, options, summary, max(wanted))
     log(format_accuracy_table(summary))
+    if trails := selection_warning(summary):
+        log(trails)
     return summary
 
 
@@ -325,6 +334,21 @@ def _write_converted(
     ckpt.save_weights(snn, out_dir / ckpt.BEST_WEIGHTS, {"converted": "1"})
     ckpt.write_text(out_dir / REPORT_FILE, _report_markdown(summary, snn))
     ckpt.write_json(out_dir / ckpt.SUMMARY_FILE, summary)  # last: the folder is finished
+
+
+def selection_warning(summary: dict[str, Any]) -> str | None:
+    """One line naming the reported T where ttrbr's kept thresholds were below another
+    candidate on the held-out images (``reference_selection``), or None."""
+    trails = summary.get("reference_selection", {}).get("trails", {})
+    if not trails:
+        return None
+    where = ", ".join(
+        f"T = {t} ({name})" for t, name in sorted(trails.items(), key=lambda i: int(i[0]))
+    )
+    return (
+        f"note: on the held-out images ttrbr's kept thresholds were below another candidate "
+        f"at {where}; convert with --tune-timesteps at the T you deploy"
+    )
 
 
 def format_accuracy_table(summary: dict[str, Any]) -> str:

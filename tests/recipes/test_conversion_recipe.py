@@ -24,6 +24,7 @@ from spikebridge.recipes.conversion import (
     format_accuracy_table,
     run_data,
     selection_images,
+    selection_warning,
 )
 
 TINY = {
@@ -77,7 +78,7 @@ def test_convert_cli_writes_a_summary_with_every_t_up_to_the_largest(ann_runs, t
 def test_converted_run_reloads_and_gives_the_same_outputs(ann_runs, tmp_path):
     out = tmp_path / "conv"
     summary = convert_run(ann_runs["relu"], "ttrbr", [1, 4], calibration_size=16, out=out,
-                          device="cpu", log=quiet)  # fmt: skip
+                          device="cpu", log=quiet, tune_reference="ann")  # fmt: skip
     assert summary["tune_timesteps"] == 4
     snn, config = load_run(out)
     assert snn.spiking and snn.timesteps == 4 and config["conversion"]["method"] == "ttrbr"
@@ -255,10 +256,40 @@ def test_convert_selects_the_reference_on_the_validation_split_by_default(ann_ru
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     selection = summary["reference_selection"]
     assert selection["source"] == "validation split" and selection["images"] == 16
-    assert set(selection["accuracy"]) == {"ann", "clip"} and selection["timesteps"] == 3
+    assert set(selection["accuracy"]) == {"ann", "clip", "qcfs", "robust"}
+    assert selection["timesteps"] == 3 and selection["untuned"] == ["qcfs", "robust"]
     assert summary["tune_reference"] == selection["chosen"]
     assert max(selection["accuracy"].values()) == selection["accuracy"][selection["chosen"]]
     assert "Tuning reference, chosen at T = 3" in (tmp_path / "s" / "conversion.md").read_text()
+
+
+def test_ttrbr_is_held_to_the_best_untuned_method_at_every_reported_t(ann_runs, tmp_path):
+    # issue 23: thresholds tuned at T = 4 may fall below qcfs / robust at T = 8, 16; the kept
+    # ones are chosen over every reported T, and a T where they trail is said in one line
+    lines = []
+    summary = convert_run(ann_runs["qcfs"], "ttrbr", [1, 2, 4, 8], calibration_size=16,
+                          out=tmp_path / "r", device="cpu", log=lines.append,
+                          max_test_images=8, tune_epochs=0)  # fmt: skip
+    selection = summary["reference_selection"]
+    by_t = selection["accuracy_by_timestep"]
+    assert set(by_t) == {"ann", "clip", "qcfs", "robust"}
+    assert all(set(row) == {"1", "2", "4", "8"} for row in by_t.values())
+    kept = by_t[selection["chosen"]]
+    bar = {t: max(by_t[u][t] for u in selection["untuned"]) for t in kept}
+    worst = {c: min(row[t] - bar[t] for t in row) for c, row in by_t.items()}
+    assert worst[selection["chosen"]] == max(worst.values())
+    trails = {t: c for t in kept for c in by_t if by_t[c][t] > kept[t]}
+    assert set(selection["trails"]) == set(trails)
+    assert (selection_warning(summary) in lines) == bool(trails)
+    assert summary["tune_reference"] == selection["chosen"]
+
+
+def test_selection_warning_names_the_t_where_the_kept_thresholds_trail():
+    summary = {"reference_selection": {"trails": {"16": "qcfs", "8": "robust"}}}
+    line = selection_warning(summary)
+    assert line is not None and "T = 8 (robust), T = 16 (qcfs)" in line
+    assert selection_warning({"reference_selection": {"trails": {}}}) is None
+    assert selection_warning({}) is None
 
 
 def test_selection_images_are_the_validation_split_else_outside_the_calibration_draw(ann_runs):
