@@ -29,7 +29,8 @@ Thresholds ``θ_l`` per method (METHODS 2.6 baselines, 2.4 ours):
   site's input current folded into the conv before it), then an output calibration of every
   site's threshold scale and shift (:mod:`~spikebridge.methods.output_calibration`); the
   network these aim at (the ANN or its clip twin) is chosen on held-out labelled images when
-  they are given (:mod:`~spikebridge.methods.reference_selection`). Residual block
+  they are given, against the untuned ``qcfs`` / ``robust`` thresholds at every T the caller
+  reports (:mod:`~spikebridge.methods.reference_selection`). Residual block
   restructuring (METHODS 2.5, our design) is the ANN's ``block="pre-add"``, which the twin
   inherits.
 
@@ -477,8 +478,9 @@ def convert(
             corrects the residual stream's error (see ``tune_thresholds``).
         tune_reference: (``ttrbr``) the network the sites aim at: ``ann``, ``clip`` (QCFS
             sites as ``clip(z, 0, λ)``), ``auto`` (clip when T exceeds the QCFS levels; see
-            ``tune_thresholds``) or ``select`` (tune towards both, keep the one more accurate
-            on ``selection_data``; :mod:`~spikebridge.methods.reference_selection`). None
+            ``tune_thresholds``) or ``select`` (tune towards both, score them and the untuned
+            ``qcfs`` / ``robust`` thresholds on ``selection_data``, keep the one
+            :mod:`~spikebridge.methods.reference_selection` picks). None
             (the default) = ``select`` when ``selection_data`` is given, else ``auto``.
         tune_epochs, tune_lr: (``ttrbr``) after the per-site search, fit every site's
             per-channel threshold scale and input shift to the ANN's outputs for this many
@@ -521,7 +523,7 @@ def convert(
             ann, batches, timesteps, grid, channelwise, tune_phi, progress, tune_guard,
             tune_bias, compensate_stream, tune_epochs, tune_lr, tune_schedule, batch_size,
         )  # fmt: skip
-        reference = _resolve_tune_reference(tune_reference, ann, selection_data)
+        reference = _resolve_tune_reference(tune_reference, selection_data)
         if reference == "select":
             untuned = _untuned_candidates(ann, snn, batches, percentile, phi)
             snn, tuning, calibration, selection = _tune_and_select(
@@ -557,10 +559,9 @@ def selects_reference(reference: str | None, ann: nn.Module) -> bool:
     return reference == "select"
 
 
-def _resolve_tune_reference(reference: str | None, ann: nn.Module, selection_data: Any) -> str:
-    """None -> ``select`` with selection data, else ``auto``; ``select`` on an ANN without
-    QCFS sites -> ``ann`` (its clip twin is itself). ConfigError for an unknown name or
-    ``select`` with no data to select on."""
+def _resolve_tune_reference(reference: str | None, selection_data: Any) -> str:
+    """None -> ``select`` with selection data, else ``auto``. ConfigError for an unknown name
+    or ``select`` with no data to select on."""
     if reference is None:
         reference = "auto" if selection_data is None else "select"
     if reference not in TUNE_REFERENCES:

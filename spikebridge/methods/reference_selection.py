@@ -1,4 +1,4 @@
-"""Choosing ttrbr's tuning reference on held-out labelled images (``tune_reference="select"``;
+"""Choosing ttrbr's thresholds on held-out labelled images (``tune_reference="select"``;
 our design, METHODS 2.4).
 
 The per-site search and the output calibration aim the SNN at a reference network: the ANN as
@@ -7,9 +7,15 @@ grows). Which one gives the more accurate SNN depends on the ANN, not only on T:
 validation splits of four resnet110 QCFS ANNs (docs/notes/results-history.md,
 "Tuning reference chosen per ANN") the ANN reference was ahead on three, by up to 1.2 points
 at T = 5-8, and the clip twin on the fourth, by up to 0.6. ``select`` therefore tunes one
-copy towards each and keeps the one that classifies more held-out labelled images right at the target T (ties: the ANN
-reference), so the choice is measured per ANN on images that neither the tuning nor the test
-score uses.
+copy towards each.
+
+Thresholds tuned at one T can also fall below the untuned baselines at larger T (issue 23:
+on scikit-learn's digits, tuned at T = 4, below robust and qcfs at T = 8 and 16). So the
+untuned ``qcfs`` / ``robust`` thresholds are candidates too, every candidate is scored at
+the tuning T and at every T the caller reports, and :func:`choose` keeps the one whose worst
+shortfall against the best untuned candidate is smallest: whenever some candidate is at
+least as good as the best untuned one at every scored T, the kept one is too. The images
+are ones that neither the tuning nor the test score uses.
 """
 
 from __future__ import annotations

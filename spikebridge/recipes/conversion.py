@@ -15,10 +15,13 @@ Choices where the spec is silent:
   T >= 4, else the largest requested T) -- tuning at every T would multiply the cost;
   the same converted model is then simulated once at the largest T and its accuracy is
   reported at every t <= T (one causal pass, METHODS 3);
-- ``ttrbr``'s tuning reference is chosen per ANN (``select``, our design): one copy tuned
-  towards the ANN, one towards its clip twin, the one more accurate on up to 2000 held-out
-  labelled images kept -- the ANN run's validation split when it has one (images its
-  training never saw), else training images outside any calibration draw; never test images;
+- ``ttrbr``'s thresholds are chosen per ANN (``select``, our design): one copy tuned
+  towards the ANN, one towards its clip twin, and the untuned ``qcfs`` / ``robust``
+  thresholds are scored at every requested T on up to 2000 held-out labelled images -- the
+  ANN run's validation split when it has one (images its training never saw), else training
+  images outside any calibration draw; never test images -- and the set whose worst
+  shortfall against the best untuned one is smallest is kept (METHODS 2.4); a requested T
+  where it still trails another candidate there is said in one line;
 - the ANN's accuracy is re-measured on the same test images (not read from its summary).
 
 A converted run folder holds ``config.json`` (the ANN run's data/train sections, the
