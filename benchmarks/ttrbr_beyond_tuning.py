@@ -2,14 +2,14 @@
 (issue 23, item 4; docs/RESULTS.md, "ttrbr beyond its tuning T").
 
     python benchmarks/ttrbr_beyond_tuning.py --ann runs/ann-digits12 --out runs/beyond-digits \\
-        --json benchmarks/results/ttrbr_beyond_tuning_digits.json
+        --calibration-size 256 --json benchmarks/results/ttrbr_beyond_tuning_digits.json
 
 Converts the ANN with ``qcfs``, ``robust`` and ``ttrbr`` (all defaults: ttrbr tuned at the
 smallest reported T >= 4) at ``--timesteps`` (default 1,2,4,8,16), each into a folder of
 ``--out`` (a finished one is reused), and writes test accuracy per method and T, the best
 untuned method per T, ttrbr's margin over it, and ttrbr's held-out selection record, as
 JSON. The ANN for the digits row comes from ``benchmarks/digits_idx.py`` and the train
-command in docs/RESULTS.md. About 10 minutes for a resnet20 x0.5 on one loaded CPU thread.
+command in docs/RESULTS.md. Wall time: docs/RESULTS.md (ttrbr dominates it).
 """
 
 from __future__ import annotations
@@ -19,18 +19,31 @@ import json
 from pathlib import Path
 from typing import Any
 
-from spikebridge.recipes.conversion import convert_run, parse_timestep_list
+from spikebridge.recipes.conversion import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_SELECTION,
+    convert_run,
+    parse_timestep_list,
+)
 
 METHODS = ("qcfs", "robust", "ttrbr")
 UNTUNED = ("qcfs", "robust")
 
 
-def converted(ann: Path, method: str, timesteps: list[int], out: Path) -> dict[str, Any]:
-    """The summary of ``ann`` converted with ``method`` in ``out`` (reused when finished)."""
+def converted(
+    ann: Path, method: str, timesteps: list[int], out: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The summary of ``ann`` converted with ``method`` in ``out`` (reused when finished);
+    ``--calibration-size`` and ``--selection-size`` apply to ttrbr, the baselines keep the
+    CLI defaults (as a user runs them)."""
     summary = out / "summary.json"
     if summary.is_file():
         return json.loads(summary.read_text())
-    return convert_run(ann, method, timesteps, out=out, device="cpu")
+    options: dict[str, Any] = {"max_test_images": args.test_images}
+    if method == "ttrbr":
+        options |= {"calibration_size": args.calibration_size,
+                    "selection_size": args.selection_size}  # fmt: skip
+    return convert_run(ann, method, timesteps, out=out, device="cpu", **options)
 
 
 def table(summaries: dict[str, dict[str, Any]], timesteps: list[int]) -> dict[str, Any]:
@@ -53,10 +66,15 @@ def main() -> None:
     parser.add_argument("--ann", type=Path, required=True, help="finished QCFS ANN run folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for the conversions")
     parser.add_argument("--timesteps", default="1,2,4,8,16", help="reported T")
+    parser.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION,
+                        help="ttrbr's calibration images (default: 1024)")  # fmt: skip
+    parser.add_argument("--selection-size", type=int, default=DEFAULT_SELECTION,
+                        help="ttrbr's held-out selection images (default: 2000)")  # fmt: skip
+    parser.add_argument("--test-images", type=int, help="first N test images (default: all)")
     parser.add_argument("--json", type=Path, help="write the table here")
     args = parser.parse_args()
     ts = sorted(set(parse_timestep_list(args.timesteps)))
-    summaries = {m: converted(args.ann, m, ts, args.out / m) for m in METHODS}
+    summaries = {m: converted(args.ann, m, ts, args.out / m, args) for m in METHODS}
     result = {"ann_run": str(args.ann), "timesteps": ts, **table(summaries, ts)}
     for m in METHODS:
         print(f"{m:<7} " + " ".join(f"{100 * result['accuracy_by_timestep'][m][str(t)]:6.2f}"
