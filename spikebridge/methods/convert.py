@@ -491,8 +491,8 @@ def convert(
             from the calibration images, for ``tune_reference="select"``.
         selection_timesteps: (``ttrbr``, ``select``) further T the candidates are scored at
             besides ``timesteps``: every T the caller will report. The kept thresholds are
-            the ones whose worst shortfall against the best untuned candidate (``qcfs``,
-            ``robust``), over all these T, is smallest (METHODS 2.4, "Choosing").
+            the most accurate at ``timesteps`` of those not significantly below the best
+            untuned candidate (``qcfs``, ``robust``) at any of these T (METHODS 2.4).
 
     Returns the spiking model (eval mode) with ``.conversion_report``
     (:class:`ConversionReport`): a ResNet with ``.config`` (rebuild with

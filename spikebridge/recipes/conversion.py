@@ -19,9 +19,10 @@ Choices where the spec is silent:
   towards the ANN, one towards its clip twin, and the untuned ``qcfs`` / ``robust``
   thresholds are scored at every requested T on up to 2000 held-out labelled images -- the
   ANN run's validation split when it has one (images its training never saw), else training
-  images outside any calibration draw; never test images -- and the set whose worst
-  shortfall against the best untuned one is smallest is kept (METHODS 2.4); a requested T
-  where it still trails another candidate there is said in one line;
+  images outside any calibration draw; never test images -- and the most accurate at the
+  tuning T of the sets not significantly below the best untuned one at any requested T is
+  kept (METHODS 2.4); a requested T where it still trails another candidate there is said
+  in one line;
 - the ANN's accuracy is re-measured on the same test images (not read from its summary).
 
 A converted run folder holds ``config.json`` (the ANN run's data/train sections, the
