@@ -196,3 +196,35 @@ def select_reference(
     return SelectionReport(
         at_tune, chosen, n, timesteps, by_t, [c for c in candidates if c in untuned], trails
     )
+
+
+def trails_note(trails: dict[str, str]) -> str | None:
+    """One line naming the reported T where the kept thresholds were below another candidate
+    on the held-out images (``SelectionReport.trails``), or None when there is none."""
+    if not trails:
+        return None
+    where = ", ".join(
+        f"T = {t} ({name})" for t, name in sorted(trails.items(), key=lambda i: int(i[0]))
+    )
+    return (
+        f"note: on the held-out images ttrbr's kept thresholds were below another candidate "
+        f"at {where}; convert with --tune-timesteps at the T you deploy"
+    )
+
+
+def selection_markdown(selection: dict[str, Any]) -> list[str]:
+    """The markdown lines of a selection record (``SelectionReport.to_dict()`` plus its
+    ``source``): held-out accuracy of every candidate at every scored T, and the kept one."""
+    sel = selection
+    lines = [f"## Tuning reference, chosen at T = {sel['timesteps']}", ""]
+    lines += [f"{sel['images']} held-out images ({sel['source']}); kept: {sel['chosen']}", ""]
+    by_t = sel.get("accuracy_by_timestep") or {
+        k: {str(sel["timesteps"]): v} for k, v in sel["accuracy"].items()
+    }
+    ts = list(next(iter(by_t.values())))
+    lines += ["| candidate | " + " | ".join(f"T = {t}" for t in ts) + " |"]
+    lines += ["|---|" + "---|" * len(ts)]
+    for k, row in by_t.items():
+        name = f"{k} (untuned)" if k in sel.get("untuned", ()) else k
+        lines += [f"| {name} | " + " | ".join(f"{100 * row[t]:.2f} %" for t in ts) + " |"]
+    return lines

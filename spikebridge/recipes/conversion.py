@@ -68,6 +68,7 @@ from spikebridge.methods.output_calibration import (
     DEFAULT_SCHEDULE,
     SCHEDULES,
 )
+from spikebridge.methods.reference_selection import selection_markdown, trails_note
 
 DEFAULT_CALIBRATION = 1024
 DEFAULT_SELECTION = 2000  # held-out labelled images for tune_reference "select"
@@ -193,17 +194,7 @@ def _report_markdown(summary: dict[str, Any], snn: nn.Module) -> str:
         lines += ["", f"## Output calibration at T = {rep.calibration.timesteps}", ""]
         lines += [rep.calibration.to_markdown()]
     if "reference_selection" in summary:
-        sel = summary["reference_selection"]
-        lines += ["", f"## Tuning reference, chosen at T = {sel['timesteps']}", ""]
-        lines += [f"{sel['images']} held-out images ({sel['source']}); kept: {sel['chosen']}", ""]
-        by_t = sel.get("accuracy_by_timestep") or {k: {str(sel["timesteps"]): v}
-                                                   for k, v in sel["accuracy"].items()}  # fmt: skip
-        ts = list(next(iter(by_t.values())))
-        lines += ["| candidate | " + " | ".join(f"T = {t}" for t in ts) + " |"]
-        lines += ["|---|" + "---|" * len(ts)]
-        for k, row in by_t.items():
-            name = f"{k} (untuned)" if k in sel.get("untuned", ()) else k
-            lines += [f"| {name} | " + " | ".join(f"{100 * row[t]:.2f} %" for t in ts) + " |"]
+        lines += ["", *selection_markdown(summary["reference_selection"])]
     return "\n".join(lines) + "\n"
 
 
@@ -341,18 +332,8 @@ def _write_converted(
 
 
 def selection_warning(summary: dict[str, Any]) -> str | None:
-    """One line naming the reported T where ttrbr's kept thresholds were below another
-    candidate on the held-out images (``reference_selection``), or None."""
-    trails = summary.get("reference_selection", {}).get("trails", {})
-    if not trails:
-        return None
-    where = ", ".join(
-        f"T = {t} ({name})" for t, name in sorted(trails.items(), key=lambda i: int(i[0]))
-    )
-    return (
-        f"note: on the held-out images ttrbr's kept thresholds were below another candidate "
-        f"at {where}; convert with --tune-timesteps at the T you deploy"
-    )
+    """The one-line note of :func:`trails_note` for a conversion summary, or None."""
+    return trails_note(summary.get("reference_selection", {}).get("trails", {}))
 
 
 def format_accuracy_table(summary: dict[str, Any]) -> str:
