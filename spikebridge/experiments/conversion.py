@@ -27,7 +27,8 @@ Spec keys (YAML top level, profiles merged over it)::
                                     # residual stream's error (METHODS 2.4, ours)
     tune_reference: select          # ttrbr: the network the sites aim at: ann, clip, auto
                                     # (clip when T > the QCFS levels) or select (both tried,
-                                    # the one more accurate on held-out images kept)
+                                    # kept against untuned qcfs / robust on held-out images
+                                    # at every T; METHODS 2.4)
     selection_size: 2000            # ttrbr, select: held-out labelled images that decide
     tune_epochs: null               # ttrbr: epochs of output calibration (null = the default,
                                     # 0 = off; METHODS 2.4 extension, ours)

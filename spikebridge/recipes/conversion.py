@@ -400,9 +400,12 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ttrbr (ours): the network the sites aim at: the ANN as trained, "
                         "its clip twin (QCFS sites as clip(z, 0, λ), what IF rates approach as T "
                         "grows), auto (clip when T exceeds the QCFS levels) or select (tune "
-                        "towards both, keep the one more accurate on held-out labelled images: "
-                        "the ANN run's validation split, else training images outside the "
-                        "calibration draw; twice the tuning time) (default: select)")  # fmt: skip
+                        "towards both, score them and the untuned qcfs / robust thresholds at "
+                        "every --timesteps T on held-out labelled images: the ANN run's "
+                        "validation split, else training images outside the calibration draw; "
+                        "keep the most accurate at the tuning T of those not significantly "
+                        "below the best untuned one at any T; twice the tuning time) "
+                        "(default: select)")  # fmt: skip
     parser.add_argument("--selection-size", type=int, default=DEFAULT_SELECTION,
                         help="ttrbr with --tune-reference select: at most this many held-out "
                         f"images decide (default: {DEFAULT_SELECTION})")  # fmt: skip
