@@ -78,3 +78,23 @@ def test_schedule_column_names_cosine_and_multistep_fractions():
     assert _schedule({"schedule": "cosine", "milestones": [0.3]}) == "cosine"
     assert _schedule({"schedule": "multistep", "milestones": [0.3, 0.6]}) == "x0.1 at 0.3,0.6"
     assert _schedule({"milestones": [0.5]}) == "x0.1 at 0.5"  # results from before the field
+
+
+def test_demo_ablation_file_has_exactly_the_demo_budget():
+    """experiments/idsnn_ablation_demo.yaml (benchmarks/idsnn_ablation.py) must stay the
+    demo's budget (spikebridge/demo.py) and its init+kd arm the demo's IDSNN student."""
+    from pathlib import Path
+
+    from spikebridge import demo
+    from spikebridge.experiments import load_experiment, merge
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "idsnn_ablation_demo.yaml"
+    spec = load_experiment(path, "demo")
+    settings = spec["settings"]
+    assert {k: settings[k] for k in demo.DEMO_DATA} == demo.DEMO_DATA
+    assert merge(settings, spec["teacher"])["subset"] == demo.TEACHER_DATA["subset"]
+    assert {k: spec["teacher"][k] for k in demo.TEACHER} == demo.TEACHER
+    assert spec["student"] == demo.STUDENT
+    arms = {a["name"]: a for a in spec["arms"]}
+    assert list(arms) == ["baseline", "init-only", "kd-only", "init+kd"]
+    assert (arms["init+kd"]["init"], arms["init+kd"]["kd_weight"]) == ("first", 0.3)

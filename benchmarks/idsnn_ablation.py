@@ -1,0 +1,268 @@
+"""IDSNN ablation (METHODS 1.5) at the demo's budget: run the arms, then the paired report.
+
+``run``: the teacher once (seed 0, shared by every seed), then the four arms of
+``experiments/idsnn_ablation_demo.yaml`` (profile ``demo``) for each seed, in two one-thread
+worker lanes (``spikebridge.demo.run_steps``), a whole seed before the next; finished runs are
+reused and interrupted ones resume, so the same command finishes an interrupted ablation.
+``report``: reads the finished arms and writes ``benchmarks/results/idsnn_ablation.json``
+(``spikebridge.analysis.ablation`` does the statistics) and prints the markdown table.
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/idsnn_ablation.py run --out runs/idsnn-ablation
+    OMP_NUM_THREADS=1 python benchmarks/idsnn_ablation.py report --out runs/idsnn-ablation
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spikebridge.analysis import ablation as stats
+from spikebridge.demo import Step, _finished, run_steps
+from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine.evaluate import per_image_correct
+from spikebridge.experiments import load_experiment, merge, parse_overrides
+from spikebridge.experiments.idsnn import _slug, check_spec, run_arm, run_teacher
+from spikebridge.recipes.conversion import eval_loader, run_data
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT = ROOT / "experiments" / "idsnn_ablation_demo.yaml"
+PROFILE = "demo"
+SEEDS = (0, 1, 2)
+RESULT = ROOT / "benchmarks" / "results" / "idsnn_ablation.json"
+
+
+def seed_spec(seed: int, teacher_run: Path, overrides: dict[str, Any] | None = None) -> dict:
+    """The experiment spec of one seed, its students pointed at the shared teacher."""
+    spec = load_experiment(EXPERIMENT, PROFILE, overrides)
+    return merge(spec, {"settings": {"seed": seed}, "teacher_run": str(teacher_run)})
+
+
+def ablation_steps(
+    out: Path, seeds: tuple[int, ...] = SEEDS, overrides: dict[str, Any] | None = None
+) -> list[Step]:
+    """The teacher, then seed by seed its arms (each arm with init or KD after the teacher)."""
+    teacher = out / "teacher"
+    base = load_experiment(EXPERIMENT, PROFILE, overrides)
+    teacher_spec = merge(base, {"teacher_run": None})
+    steps = [Step("teacher", teacher, run_teacher, (teacher_spec, teacher))]
+    for seed in seeds:
+        spec = seed_spec(seed, teacher, overrides)
+        for arm in check_spec(spec):
+            name = str(arm["name"])
+            run_dir = out / f"seed{seed}" / "arms" / _slug(name)
+            # an arm without init or KD does not wait for (nor load) the teacher
+            needs = arm.get("init", "none") != "none" or bool(arm.get("kd_weight"))
+            steps.append(Step(f"seed {seed} {name}", run_dir, run_arm,
+                              (spec, arm, str(teacher) if needs else None, run_dir),
+                              after=("teacher",) if needs else ()))  # fmt: skip
+    return steps
+
+
+def run(args: argparse.Namespace) -> int:
+    seeds = tuple(args.seeds)
+    try:
+        steps = ablation_steps(args.out, seeds, parse_overrides(args.set))
+        run_steps(steps, jobs=args.jobs, threads=1)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again: finished arms are reused, "
+              "interrupted ones resume", file=sys.stderr)  # fmt: skip
+        return 130
+    return 0
+
+
+def json_key(arm: str) -> str:
+    """The arm's key in the JSON: ``init+kd`` -> ``init_kd``, ``kd-only`` -> ``kd_only``."""
+    return arm.replace("+", "_").replace("-", "_")
+
+
+def per_image(run_dir: Path, cache: Path, whole_test_set: bool) -> torch.Tensor:
+    """Per-image correctness ``[N]`` (bool, at the run's T) of a finished run's val-selected
+    model on the test images; kept in ``cache`` (recomputed when the weights are newer)."""
+    weights = run_dir / ckpt.BEST_WEIGHTS
+    if cache.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime:
+        return torch.load(cache)
+    model, config = ckpt.load_run(run_dir)
+    splits, data, seed = run_data(config, whole_test_set=whole_test_set)
+    loader = eval_loader(splits, data, seed, torch.device("cpu"), None)
+    correct = per_image_correct(model, loader)[-1]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(correct, cache)
+    return correct
+
+
+def collect(out: Path, seeds: list[int], arms: list[str]) -> dict[str, dict[int, dict]]:
+    """``{arm: {seed: {"summary", "metrics", "dir"}}}`` of the FINISHED arm runs."""
+    found: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
+    for seed in seeds:
+        for arm in arms:
+            run_dir = out / f"seed{seed}" / "arms" / _slug(arm)
+            summary = _finished(run_dir)
+            if summary is not None:
+                metrics = ckpt.read_jsonl(run_dir / ckpt.METRICS_FILE)
+                found[arm][seed] = {"summary": summary, "metrics": metrics, "dir": run_dir}
+    return found
+
+
+def curves(found: dict, arms: list[str], seeds: list[int], key: str) -> dict[str, list]:
+    """Per arm, per seed: the per-epoch ``key`` (``val_accuracy`` or ``test_accuracy``)."""
+    return {a: [[r.get(key) for r in found[a][s]["metrics"]] for s in seeds] for a in arms}
+
+
+def paired(acc: dict, correct: dict, arms: list[str], seeds: list[int]) -> list[dict]:
+    """Every pair of arms: per-seed differences with a t-interval, and pooled per image."""
+    rows = []
+    for a, b in stats.pairwise(arms):
+        row = {"a": json_key(a), "b": json_key(b), "b_minus_a": "accuracy fraction"}
+        row["seeds"] = stats.paired_seed_difference(acc[a], acc[b])
+        row["pooled_per_image"] = stats.pooled_per_image(
+            [correct[a][s] for s in seeds], [correct[b][s] for s in seeds]
+        )
+        rows.append(row)
+    return rows
+
+
+def build_result(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything the JSON holds, from the finished runs under ``args.out``."""
+    spec = load_experiment(EXPERIMENT, PROFILE, parse_overrides(args.set))
+    arms = [str(a["name"]) for a in check_spec(spec)]
+    found = collect(args.out, list(args.seeds), arms)
+    seeds = [s for s in args.seeds if all(s in found[a] for a in arms)]  # complete seeds
+    if not seeds:
+        raise SystemExit(f"no seed has all arms finished under {args.out}; nothing to report.")
+    whole = not args.sample
+    where = "per_image_whole_test" if whole else "per_image_sample"
+    correct = {a: {s: per_image(found[a][s]["dir"], args.out / f"seed{s}" / where /
+                                f"{_slug(a)}.pt", whole) for s in seeds} for a in arms}  # fmt: skip
+    acc = {a: [correct[a][s].double().mean().item() for s in seeds] for a in arms}
+    sample = {a: [found[a][s]["summary"]["test_accuracy"] for s in seeds] for a in arms}
+    teacher = ckpt.read_json(args.out / "teacher" / ckpt.SUMMARY_FILE)
+    by_split = {k: curves(found, arms, seeds, f"{k}_accuracy") for k in ("val", "test")}
+    reach = {k: stats.epochs_to_baseline_final(c, arms[0]) for k, c in by_split.items()}
+    return {
+        "teacher_accuracy": teacher["test_accuracy"],
+        "test_images": f"{len(correct[arms[0]][seeds[0]])} ("
+        + ("the whole test file" if whole else "the runs' balanced sample")
+        + ")",
+        "seeds": seeds,
+        "arms": {json_key(a): acc[a] for a in arms},
+        "arms_run_test_sample": {json_key(a): sample[a] for a in arms},
+        "mean_sd": {json_key(a): stats.mean_sd(acc[a]) for a in arms},
+        "paired_differences": paired(acc, correct, arms, seeds),
+        "epochs_to_baseline_final": {
+            k: {json_key(a): v for a, v in r.items()} for k, r in reach.items()
+        },
+        "epochs_to_baseline_final_definition": EPOCHS_TO_REACH,
+        "accuracy_by_epoch": {
+            k: {json_key(a): v for a, v in c.items()} for k, c in by_split.items()
+        },
+        "best_epoch": {
+            json_key(a): [found[a][s]["summary"].get("best_epoch") for s in seeds] for a in arms
+        },
+        "train_time_s": {
+            json_key(a): [found[a][s]["summary"].get("train_time_s") for s in seeds] for a in arms
+        },
+        "unfinished": [f"seed {s} {a}" for s in args.seeds for a in arms if s not in found[a]],
+        "budget": {k: spec.get(k) for k in ("settings", "teacher", "student", "distill", "arms")},
+        "teacher_shared": "one teacher (seed 0) for every seed; students vary by seed",
+        "machine": args.machine or machine(),
+        "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
+        "commands": COMMANDS,
+    }
+
+
+EPOCHS_TO_REACH = (
+    "per seed: the first epoch (1-based) whose accuracy reaches that seed's baseline "
+    "final-epoch accuracy, on the per-epoch validation ('val', 3000 images of the "
+    "training file) or test ('test', the runs' balanced 3200-image sample) figures of "
+    "metrics.jsonl; null: never within the budget"
+)
+COMMANDS = [
+    "OMP_NUM_THREADS=1 nice -n 5 python benchmarks/idsnn_ablation.py run --out runs/idsnn-ablation",
+    "OMP_NUM_THREADS=1 python benchmarks/idsnn_ablation.py report --out runs/idsnn-ablation",
+]
+
+
+def machine() -> str:
+    """CPU count and model, and the torch build."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                 if ln.startswith("model name")]  # fmt: skip
+        model = names[0] if names else model
+    return f"{torch.get_num_threads()} thread(s) of {model}, torch {torch.__version__}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The table for docs/RESULTS.md: per arm mean ± sd and per seed, and the paired rows."""
+    seeds = result["seeds"]
+    lines = ["| arm | test acc. mean ± sd (%) | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | epochs to baseline final (val / test) |",
+             "|---|---|" + "---|" * len(seeds) + "---|"]  # fmt: skip
+    for arm, values in result["arms"].items():
+        ms = result["mean_sd"][arm]
+        sd = f" ± {100 * ms['sd']:.2f}" if ms["sd"] is not None else ""
+        reach = result["epochs_to_baseline_final"]
+        cells = " | ".join(f"{100 * v:.2f}" for v in values)
+        lines.append(f"| {arm} | {100 * ms['mean']:.2f}{sd} | {cells} | "
+                     f"{_epochs(reach['val'][arm])} / {_epochs(reach['test'][arm])} |")  # fmt: skip
+    lines += ["", "| B - A | per seed (points) | mean [95 % t-interval] | pooled per image "
+              "[95 % Wald] | A only / B only | McNemar p |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in result["paired_differences"]:
+        s, p = row["seeds"], row["pooled_per_image"]
+        ci = s["t_interval_95"]
+        ci_text = f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else ""
+        lines.append(
+            f"| {row['b']} - {row['a']} | "
+            + ", ".join(f"{100 * d:+.2f}" for d in s["per_seed"])
+            + f" | {100 * s['mean']:+.2f}{ci_text} | {100 * p['diff']:+.2f} "
+            f"[{100 * p['ci_low']:+.2f}, {100 * p['ci_high']:+.2f}] | {p['a_only']} / "
+            f"{p['b_only']} | {p['p_value']:.3g} |"
+        )
+    return "\n".join(lines)
+
+
+def _epochs(values: list[int | None]) -> str:
+    return ", ".join("never" if v is None else str(v) for v in values)
+
+
+def report(args: argparse.Namespace) -> int:
+    result = build_result(args)
+    ckpt.write_json(args.json, result)
+    print(markdown(result))
+    if result["unfinished"]:
+        print(f"\nunfinished (not in the table): {', '.join(result['unfinished'])}")
+    print(f"\nwritten: {args.json}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("run", "report"):
+        p = sub.add_parser(name)
+        p.add_argument("--out", type=Path, default=Path("runs/idsnn-ablation"))
+        p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a setting of the experiment file, as in `spikebridge "
+                       "experiment --set` (e.g. distill.kd_temperature=2); repeatable")  # fmt: skip
+    sub.choices["run"].add_argument("--jobs", type=int, default=2)
+    rep = sub.choices["report"]
+    rep.add_argument("--json", type=Path, default=RESULT, help="where the JSON goes")
+    rep.add_argument("--sample", action="store_true", help="per-image tests on the runs' "
+                     "balanced test sample instead of the whole test file")  # fmt: skip
+    rep.add_argument("--machine", help="machine description for the JSON (default: detected)")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return run(args)
+    return report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
