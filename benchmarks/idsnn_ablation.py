@@ -25,16 +25,22 @@ import torch
 from spikebridge.analysis import ablation as stats
 from spikebridge.demo import Step, _finished, run_steps
 from spikebridge.engine import checkpoint as ckpt
-from spikebridge.engine.evaluate import per_image_correct
+from spikebridge.engine.evaluate import evaluate, per_image_correct
+from spikebridge.engine.runs import setup_data, setup_model
 from spikebridge.experiments import load_experiment, merge, parse_overrides
-from spikebridge.experiments.idsnn import _slug, check_spec, run_arm, run_teacher
+from spikebridge.experiments.idsnn import _slug, arm_config, check_spec, run_arm, run_teacher
+from spikebridge.methods import init_from_teacher
 from spikebridge.recipes.conversion import eval_loader, run_data
+from spikebridge.recipes.idsnn import load_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = ROOT / "experiments" / "idsnn_ablation_demo.yaml"
 PROFILE = "demo"
 SEEDS = (0, 1, 2)
 RESULT = ROOT / "benchmarks" / "results" / "idsnn_ablation.json"
+# Within a seed the arms start in this order, so that on a loaded machine the pair the
+# ablation is about (init only against init + KD, and the baseline) finishes first.
+RUN_ORDER = ("baseline", "init-only", "init+kd", "kd-only")
 
 
 def seed_spec(seed: int, teacher_run: Path, overrides: dict[str, Any] | None = None) -> dict:
@@ -44,36 +50,65 @@ def seed_spec(seed: int, teacher_run: Path, overrides: dict[str, Any] | None = N
 
 
 def ablation_steps(
-    out: Path, seeds: tuple[int, ...] = SEEDS, overrides: dict[str, Any] | None = None
+    out: Path,
+    seeds: tuple[int, ...] = SEEDS,
+    overrides: dict[str, Any] | None = None,
+    teacher_run: Path | None = None,
 ) -> list[Step]:
-    """The teacher, then seed by seed its arms (each arm with init or KD after the teacher)."""
-    teacher = out / "teacher"
+    """The teacher (unless ``teacher_run``, a finished one, is given), then seed by seed its
+    arms (each arm with init or KD after the teacher)."""
+    teacher = teacher_run or out / "teacher"
     base = load_experiment(EXPERIMENT, PROFILE, overrides)
-    teacher_spec = merge(base, {"teacher_run": None})
-    steps = [Step("teacher", teacher, run_teacher, (teacher_spec, teacher))]
+    steps = [] if teacher_run else [Step("teacher", teacher, run_teacher,
+                                         (merge(base, {"teacher_run": None}), teacher))]  # fmt: skip
     for seed in seeds:
         spec = seed_spec(seed, teacher, overrides)
-        for arm in check_spec(spec):
+        arms = check_spec(spec)
+        order = {name: i for i, name in enumerate(RUN_ORDER)}
+        for arm in sorted(arms, key=lambda a: order.get(str(a["name"]), len(order))):
             name = str(arm["name"])
             run_dir = out / f"seed{seed}" / "arms" / _slug(name)
             # an arm without init or KD does not wait for (nor load) the teacher
             needs = arm.get("init", "none") != "none" or bool(arm.get("kd_weight"))
+            after = ("teacher",) if needs and not teacher_run else ()
             steps.append(Step(f"seed {seed} {name}", run_dir, run_arm,
                               (spec, arm, str(teacher) if needs else None, run_dir),
-                              after=("teacher",) if needs else ()))  # fmt: skip
+                              after=after))  # fmt: skip
     return steps
 
 
 def run(args: argparse.Namespace) -> int:
     seeds = tuple(args.seeds)
     try:
-        steps = ablation_steps(args.out, seeds, parse_overrides(args.set))
+        steps = ablation_steps(args.out, seeds, parse_overrides(args.set), args.teacher)
         run_steps(steps, jobs=args.jobs, threads=1)
     except KeyboardInterrupt:
         print("interrupted; run the same command again: finished arms are reused, "
               "interrupted ones resume", file=sys.stderr)  # fmt: skip
         return 130
     return 0
+
+
+def initial_accuracy(spec: dict, arm: dict, teacher: Path, max_images: int) -> dict[str, Any]:
+    """The validation accuracy (first ``max_images`` images) of ``arm``'s student right after
+    its init from the teacher, before any training step, and of the teacher itself: how much
+    of the teacher the spiking student keeps at epoch 0 (the epoch-1 dip question)."""
+    config = arm_config(spec, arm, str(teacher), Path("unused"))
+    cpu = torch.device("cpu")
+    loaders, info = setup_data(config.data, config.train.seed, cpu)
+    config = config.replace("model", num_classes=info.num_classes, in_channels=info.in_channels)
+    student = setup_model(config.model, config.train.seed, cpu)
+    teacher_model, _ = load_teacher(config.distill, cpu)
+    init_from_teacher(student, teacher_model, config.distill.init, config.distill.shortcuts)
+    batches, n = [], 0
+    for x, y in loaders.val:
+        if n >= max_images:
+            break
+        batches.append((x, y))
+        n += len(y)
+    out = evaluate(student, batches)
+    return {"student_by_t": out["accuracy_by_timestep"], "images": out["samples"],
+            "teacher": evaluate(teacher_model, batches)["accuracy"]}  # fmt: skip
 
 
 def json_key(arm: str) -> str:
@@ -129,7 +164,8 @@ def paired(acc: dict, correct: dict, arms: list[str], seeds: list[int]) -> list[
 
 def build_result(args: argparse.Namespace) -> dict[str, Any]:
     """Everything the JSON holds, from the finished runs under ``args.out``."""
-    spec = load_experiment(EXPERIMENT, PROFILE, parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    spec = load_experiment(EXPERIMENT, PROFILE, overrides)
     arms = [str(a["name"]) for a in check_spec(spec)]
     found = collect(args.out, list(args.seeds), arms)
     seeds = [s for s in args.seeds if all(s in found[a] for a in arms)]  # complete seeds
@@ -141,11 +177,21 @@ def build_result(args: argparse.Namespace) -> dict[str, Any]:
                                 f"{_slug(a)}.pt", whole) for s in seeds} for a in arms}  # fmt: skip
     acc = {a: [correct[a][s].double().mean().item() for s in seeds] for a in arms}
     sample = {a: [found[a][s]["summary"]["test_accuracy"] for s in seeds] for a in arms}
-    teacher = ckpt.read_json(args.out / "teacher" / ckpt.SUMMARY_FILE)
+    teacher = ckpt.read_json((args.teacher or args.out / "teacher") / ckpt.SUMMARY_FILE)
     by_split = {k: curves(found, arms, seeds, f"{k}_accuracy") for k in ("val", "test")}
     reach = {k: stats.epochs_to_baseline_final(c, arms[0]) for k, c in by_split.items()}
+    init_arm = next(a for a in check_spec(spec) if a.get("init", "none") != "none")
+    teacher_dir = args.teacher or args.out / "teacher"
+    start = {s: initial_accuracy(seed_spec(s, teacher_dir, overrides), init_arm, teacher_dir,
+                                 args.initial_images) for s in seeds}  # fmt: skip
     return {
         "teacher_accuracy": teacher["test_accuracy"],
+        "initialized_student_val_accuracy": {
+            "definition": f"validation accuracy of the {init_arm['name']} student right after "
+            "its init from the teacher, before any training step, by t; and the teacher's on "
+            "the same images",
+            "per_seed": [start[s] for s in seeds],
+        },
         "test_images": f"{len(correct[arms[0]][seeds[0]])} ("
         + ("the whole test file" if whole else "the runs' balanced sample")
         + ")",
@@ -253,10 +299,16 @@ def main(argv: list[str] | None = None) -> int:
                        help="override a setting of the experiment file, as in `spikebridge "
                        "experiment --set` (e.g. distill.kd_temperature=2); repeatable")  # fmt: skip
     sub.choices["run"].add_argument("--jobs", type=int, default=2)
+    sub.choices["run"].add_argument("--teacher", type=Path, help="a finished teacher run "
+                                    "to share instead of training OUT/teacher")  # fmt: skip
+    sub.choices["report"].add_argument("--teacher", type=Path, help="the teacher run, if "
+                                       "not OUT/teacher")  # fmt: skip
     rep = sub.choices["report"]
     rep.add_argument("--json", type=Path, default=RESULT, help="where the JSON goes")
     rep.add_argument("--sample", action="store_true", help="per-image tests on the runs' "
                      "balanced test sample instead of the whole test file")  # fmt: skip
+    rep.add_argument("--initial-images", type=int, default=3000, help="validation images "
+                     "scoring the initialized students before training (default 3000)")  # fmt: skip
     rep.add_argument("--machine", help="machine description for the JSON (default: detected)")
     args = parser.parse_args(argv)
     if args.command == "run":

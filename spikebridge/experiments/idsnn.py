@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from spikebridge.config import TRAIN_SECTIONS, load_config
+from spikebridge.config import TRAIN_SECTIONS, Config, load_config
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine.runs import train_run
 from spikebridge.errors import ConfigError
@@ -70,10 +70,10 @@ def run_teacher(spec: Mapping[str, Any], out: Path, log: Log) -> tuple[str, dict
     return str(out), train_run(load_config(TRAIN_SECTIONS, overrides=values), log)
 
 
-def run_arm(
-    spec: Mapping[str, Any], arm: Mapping[str, Any], teacher: str, out: Path, log: Log
-) -> dict[str, Any]:
-    """Train one arm (reused when finished); its summary and per-epoch metrics."""
+def arm_config(
+    spec: Mapping[str, Any], arm: Mapping[str, Any], teacher: str | None, out: Path
+) -> Config:
+    """The config of one arm: settings, student, distill, then the arm's overrides."""
     layers = [spec.get("settings"), spec.get("student"), spec.get("distill")]
     values: dict[str, Any] = {}
     for layer in layers:
@@ -81,9 +81,16 @@ def run_arm(
     values = merge(values, {k: v for k, v in arm.items() if k not in ARM_META})
     values.update(teacher=teacher, arm=str(arm["name"]), out=str(out))
     values["resume"] = (out / ckpt.CONFIG_FILE).is_file()
+    return load_config(DISTILL_SECTIONS, base=STUDENT_DEFAULTS, overrides=values)
+
+
+def run_arm(
+    spec: Mapping[str, Any], arm: Mapping[str, Any], teacher: str | None, out: Path, log: Log
+) -> dict[str, Any]:
+    """Train one arm (reused when finished); its summary and per-epoch metrics."""
     log(f"== arm {arm['name']} -> {out}")
     start = time.perf_counter()
-    config = load_config(DISTILL_SECTIONS, base=STUDENT_DEFAULTS, overrides=values)
+    config = arm_config(spec, arm, teacher, out)
     summary = distill_run(config, log)
     history = ckpt.read_jsonl(out / ckpt.METRICS_FILE)
     return {"name": str(arm["name"]), "reference": arm.get("reference"),
