@@ -17,6 +17,7 @@ import argparse
 import datetime
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,94 +133,121 @@ def per_image(run_dir: Path, cache: Path, whole_test_set: bool) -> torch.Tensor:
 
 
 def collect(out: Path, seeds: list[int], arms: list[str]) -> dict[str, dict[int, dict]]:
-    """``{arm: {seed: {"summary", "metrics", "dir"}}}`` of the FINISHED arm runs."""
+    """``{arm: {seed: {"finished", "summary", "metrics", "dir"}}}`` of every arm run that has
+    begun (an unfinished one: its epochs so far, no summary)."""
     found: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
     for seed in seeds:
         for arm in arms:
             run_dir = out / f"seed{seed}" / "arms" / _slug(arm)
+            metrics_file = run_dir / ckpt.METRICS_FILE
             summary = _finished(run_dir)
-            if summary is not None:
-                metrics = ckpt.read_jsonl(run_dir / ckpt.METRICS_FILE)
-                found[arm][seed] = {"summary": summary, "metrics": metrics, "dir": run_dir}
+            if summary is not None or metrics_file.is_file():
+                metrics = ckpt.read_jsonl(metrics_file) if metrics_file.is_file() else []
+                found[arm][seed] = {"finished": summary is not None, "summary": summary,
+                                    "metrics": metrics, "dir": run_dir}  # fmt: skip
     return found
 
 
-def curves(found: dict, arms: list[str], seeds: list[int], key: str) -> dict[str, list]:
-    """Per arm, per seed: the per-epoch ``key`` (``val_accuracy`` or ``test_accuracy``)."""
-    return {a: [[r.get(key) for r in found[a][s]["metrics"]] for s in seeds] for a in arms}
+def done(found: dict, arm: str, seed: int) -> bool:
+    return found[arm].get(seed, {}).get("finished", False)
 
 
-def paired(acc: dict, correct: dict, arms: list[str], seeds: list[int]) -> list[dict]:
-    """Every pair of arms: per-seed differences with a t-interval, and pooled per image."""
+def curve(found: dict, arm: str, seed: int, key: str) -> list[float | None]:
+    """The per-epoch ``key`` (``val_accuracy``, ``test_accuracy``) so far; [] if not begun."""
+    return [r.get(key) for r in found[arm].get(seed, {}).get("metrics", [])]
+
+
+def paired(acc: dict, correct: dict, found: dict, arms: list[str], seeds: list[int]) -> list[dict]:
+    """Every pair of arms over the seeds both finished: per-seed differences with a
+    t-interval, and McNemar on the per-image pairs pooled over those seeds."""
     rows = []
     for a, b in stats.pairwise(arms):
-        row = {"a": json_key(a), "b": json_key(b), "b_minus_a": "accuracy fraction"}
-        row["seeds"] = stats.paired_seed_difference(acc[a], acc[b])
-        row["pooled_per_image"] = stats.pooled_per_image(
-            [correct[a][s] for s in seeds], [correct[b][s] for s in seeds]
-        )
+        common = [s for s in seeds if done(found, a, s) and done(found, b, s)]
+        row: dict[str, Any] = {"a": json_key(a), "b": json_key(b), "seeds_used": common}
+        if common:
+            row["seeds"] = stats.paired_seed_difference(
+                [acc[a][s] for s in common], [acc[b][s] for s in common]
+            )
+            row["pooled_per_image"] = stats.pooled_per_image(
+                [correct[a][s] for s in common], [correct[b][s] for s in common]
+            )
         rows.append(row)
     return rows
 
 
+def reach_table(found: dict, arms: list[str], seeds: list[int]) -> dict[str, dict]:
+    """Epochs to reach the baseline's final accuracy, per split, arm and seed (None where the
+    seed's baseline has not finished, or the arm has not reached it in the epochs run)."""
+    out: dict[str, dict] = {}
+    for split in ("val", "test"):
+        table = {json_key(a): [] for a in arms}
+        for s in seeds:
+            if not done(found, arms[0], s):
+                for a in arms:
+                    table[json_key(a)].append(None)
+                continue
+            curves = {a: [curve(found, a, s, f"{split}_accuracy")] for a in arms}
+            for a, (epochs,) in stats.epochs_to_baseline_final(curves, arms[0]).items():
+                table[json_key(a)].append(epochs)
+        out[split] = table
+    return out
+
+
 def build_result(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything the JSON holds, from the finished runs under ``args.out``."""
+    """Everything the JSON holds, from the arm runs under ``args.out`` (finished ones for the
+    accuracies and tests; unfinished ones' epochs so far for the curves)."""
     overrides = parse_overrides(args.set)
     spec = load_experiment(EXPERIMENT, PROFILE, overrides)
     arms = [str(a["name"]) for a in check_spec(spec)]
-    found = collect(args.out, list(args.seeds), arms)
-    seeds = [s for s in args.seeds if all(s in found[a] for a in arms)]  # complete seeds
-    if not seeds:
-        raise SystemExit(f"no seed has all arms finished under {args.out}; nothing to report.")
+    seeds = list(args.seeds)
+    found = collect(args.out, seeds, arms)
+    if not any(done(found, a, s) for a in arms for s in seeds):
+        raise SystemExit(f"no arm run has finished under {args.out}; nothing to report.")
     whole = not args.sample
     where = "per_image_whole_test" if whole else "per_image_sample"
     correct = {a: {s: per_image(found[a][s]["dir"], args.out / f"seed{s}" / where /
-                                f"{_slug(a)}.pt", whole) for s in seeds} for a in arms}  # fmt: skip
-    acc = {a: [correct[a][s].double().mean().item() for s in seeds] for a in arms}
-    sample = {a: [found[a][s]["summary"]["test_accuracy"] for s in seeds] for a in arms}
-    teacher = ckpt.read_json((args.teacher or args.out / "teacher") / ckpt.SUMMARY_FILE)
-    by_split = {k: curves(found, arms, seeds, f"{k}_accuracy") for k in ("val", "test")}
-    reach = {k: stats.epochs_to_baseline_final(c, arms[0]) for k, c in by_split.items()}
-    init_arm = next(a for a in check_spec(spec) if a.get("init", "none") != "none")
+                                f"{_slug(a)}.pt", whole)
+                   for s in seeds if done(found, a, s)} for a in arms}  # fmt: skip
+    acc = {a: {s: c.double().mean().item() for s, c in correct[a].items()} for a in arms}
     teacher_dir = args.teacher or args.out / "teacher"
+    init_arm = next(a for a in check_spec(spec) if a.get("init", "none") != "none")
+    begun = [s for s in seeds if any(s in found[a] for a in arms)]
     start = {s: initial_accuracy(seed_spec(s, teacher_dir, overrides), init_arm, teacher_dir,
-                                 args.initial_images) for s in seeds}  # fmt: skip
+                                 args.initial_images) for s in begun}  # fmt: skip
+    n_test = next(len(c) for per in correct.values() for c in per.values())
+
+    def per_seed(value: Callable[[str, int], Any], finished_only: bool = True) -> dict:
+        return {json_key(a): [value(a, s) if done(found, a, s) or not finished_only else None
+                              for s in seeds] for a in arms}  # fmt: skip
+
     return {
-        "teacher_accuracy": teacher["test_accuracy"],
+        "teacher_accuracy": ckpt.read_json(teacher_dir / ckpt.SUMMARY_FILE)["test_accuracy"],
+        "seeds": seeds,
+        "test_images": f"{n_test} ("
+        + ("the whole test file" if whole else "the runs' balanced sample") + ")",
+        "arms": per_seed(lambda a, s: acc[a][s]),
+        "arms_run_test_sample": per_seed(lambda a, s: found[a][s]["summary"]["test_accuracy"]),
+        "mean_sd": {json_key(a): stats.mean_sd(list(acc[a].values())) for a in arms if acc[a]},
+        "paired_differences": paired(acc, correct, found, arms, seeds),
+        "epochs_to_baseline_final": reach_table(found, arms, seeds),
+        "epochs_to_baseline_final_definition": EPOCHS_TO_REACH,
+        "accuracy_by_epoch": {k: per_seed(lambda a, s, k=k: curve(found, a, s, f"{k}_accuracy"),
+                                          finished_only=False) for k in ("val", "test")},
         "initialized_student_val_accuracy": {
             "definition": f"validation accuracy of the {init_arm['name']} student right after "
             "its init from the teacher, before any training step, by t; and the teacher's on "
             "the same images",
-            "per_seed": [start[s] for s in seeds],
+            "per_seed": {str(s): start[s] for s in begun},
         },
-        "test_images": f"{len(correct[arms[0]][seeds[0]])} ("
-        + ("the whole test file" if whole else "the runs' balanced sample")
-        + ")",
-        "seeds": seeds,
-        "arms": {json_key(a): acc[a] for a in arms},
-        "arms_run_test_sample": {json_key(a): sample[a] for a in arms},
-        "mean_sd": {json_key(a): stats.mean_sd(acc[a]) for a in arms},
-        "paired_differences": paired(acc, correct, arms, seeds),
-        "epochs_to_baseline_final": {
-            k: {json_key(a): v for a, v in r.items()} for k, r in reach.items()
-        },
-        "epochs_to_baseline_final_definition": EPOCHS_TO_REACH,
-        "accuracy_by_epoch": {
-            k: {json_key(a): v for a, v in c.items()} for k, c in by_split.items()
-        },
-        "best_epoch": {
-            json_key(a): [found[a][s]["summary"].get("best_epoch") for s in seeds] for a in arms
-        },
-        "train_time_s": {
-            json_key(a): [found[a][s]["summary"].get("train_time_s") for s in seeds] for a in arms
-        },
-        "unfinished": [f"seed {s} {a}" for s in args.seeds for a in arms if s not in found[a]],
+        "best_epoch": per_seed(lambda a, s: found[a][s]["summary"].get("best_epoch")),
+        "train_time_s": per_seed(lambda a, s: found[a][s]["summary"].get("train_time_s")),
+        "unfinished": [f"seed {s} {a}" for s in seeds for a in arms if not done(found, a, s)],
         "budget": {k: spec.get(k) for k in ("settings", "teacher", "student", "distill", "arms")},
         "teacher_shared": "one teacher (seed 0) for every seed; students vary by seed",
         "machine": args.machine or machine(),
         "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
         "commands": COMMANDS,
-    }
+    }  # fmt: skip
 
 
 EPOCHS_TO_REACH = (
@@ -246,26 +274,33 @@ def machine() -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The table for docs/RESULTS.md: per arm mean ± sd and per seed, and the paired rows."""
-    seeds = result["seeds"]
+    """The tables for docs/RESULTS.md: per arm mean ± sd and per seed (``-``: not finished),
+    epochs to the baseline's final accuracy, and one row per pair of arms."""
+    seeds, reach = result["seeds"], result["epochs_to_baseline_final"]
     lines = ["| arm | test acc. mean ± sd (%) | " + " | ".join(f"seed {s}" for s in seeds)
-             + " | epochs to baseline final (val / test) |",
+             + " | epochs to baseline final, val (test) |",
              "|---|---|" + "---|" * len(seeds) + "---|"]  # fmt: skip
     for arm, values in result["arms"].items():
-        ms = result["mean_sd"][arm]
-        sd = f" ± {100 * ms['sd']:.2f}" if ms["sd"] is not None else ""
-        reach = result["epochs_to_baseline_final"]
-        cells = " | ".join(f"{100 * v:.2f}" for v in values)
-        lines.append(f"| {arm} | {100 * ms['mean']:.2f}{sd} | {cells} | "
-                     f"{_epochs(reach['val'][arm])} / {_epochs(reach['test'][arm])} |")  # fmt: skip
-    lines += ["", "| B - A | per seed (points) | mean [95 % t-interval] | pooled per image "
-              "[95 % Wald] | A only / B only | McNemar p |", "|---|---|---|---|---|---|"]  # fmt: skip
+        ms = result["mean_sd"].get(arm)
+        mean = "-" if ms is None else f"{100 * ms['mean']:.2f}"
+        mean += f" ± {100 * ms['sd']:.2f}" if ms and ms["sd"] is not None else ""
+        cells = " | ".join("-" if v is None else f"{100 * v:.2f}" for v in values)
+        epochs = ", ".join(
+            f"{_epochs(v, values[i])} ({_epochs(t, values[i])})"
+            for i, (v, t) in enumerate(zip(reach["val"][arm], reach["test"][arm], strict=True))
+        )
+        lines.append(f"| {arm} | {mean} | {cells} | {epochs} |")
+    lines += ["", "| B - A | seeds | per seed (points) | mean [95 % t-interval] | pooled per "
+              "image [95 % Wald] | A only / B only | McNemar p |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in result["paired_differences"]:
+        if "seeds" not in row:
+            continue
         s, p = row["seeds"], row["pooled_per_image"]
         ci = s["t_interval_95"]
         ci_text = f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else ""
         lines.append(
-            f"| {row['b']} - {row['a']} | "
+            f"| {row['b']} - {row['a']} | {', '.join(map(str, row['seeds_used']))} | "
             + ", ".join(f"{100 * d:+.2f}" for d in s["per_seed"])
             + f" | {100 * s['mean']:+.2f}{ci_text} | {100 * p['diff']:+.2f} "
             f"[{100 * p['ci_low']:+.2f}, {100 * p['ci_high']:+.2f}] | {p['a_only']} / "
@@ -274,8 +309,11 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _epochs(values: list[int | None]) -> str:
-    return ", ".join("never" if v is None else str(v) for v in values)
+def _epochs(value: int | None, accuracy: float | None) -> str:
+    """An epoch count; ``never`` for a finished run that did not reach it, ``-`` unknown."""
+    if value is not None:
+        return str(value)
+    return "never" if accuracy is not None else "-"
 
 
 def report(args: argparse.Namespace) -> int:
