@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from spikebridge.analysis import ablation as stats
+from spikebridge.analysis.firing import FiringMonitor
 from spikebridge.demo import Step, _finished, run_steps
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine.evaluate import evaluate, per_image_correct
@@ -91,25 +92,44 @@ def run(args: argparse.Namespace) -> int:
 
 
 def initial_accuracy(spec: dict, arm: dict, teacher: Path, max_images: int) -> dict[str, Any]:
-    """The validation accuracy (first ``max_images`` images) of ``arm``'s student right after
-    its init from the teacher, before any training step, and of the teacher itself: how much
-    of the teacher the spiking student keeps at epoch 0 (the epoch-1 dip question)."""
+    """Before any training step, on the first ``max_images`` validation images: accuracy by t
+    and firing of ``arm``'s student right after its init from the teacher, of the same
+    student left at its random init, and the teacher's accuracy. How much of the teacher the
+    spiking student keeps at epoch 0 (the epoch-1 dip question)."""
     config = arm_config(spec, arm, str(teacher), Path("unused"))
     cpu = torch.device("cpu")
     loaders, info = setup_data(config.data, config.train.seed, cpu)
     config = config.replace("model", num_classes=info.num_classes, in_channels=info.in_channels)
-    student = setup_model(config.model, config.train.seed, cpu)
-    teacher_model, _ = load_teacher(config.distill, cpu)
-    init_from_teacher(student, teacher_model, config.distill.init, config.distill.shortcuts)
     batches, n = [], 0
     for x, y in loaders.val:
         if n >= max_images:
             break
         batches.append((x, y))
         n += len(y)
-    out = evaluate(student, batches)
-    return {"student_by_t": out["accuracy_by_timestep"], "images": out["samples"],
-            "teacher": evaluate(teacher_model, batches)["accuracy"]}  # fmt: skip
+    teacher_model, _ = load_teacher(config.distill, cpu)
+    out: dict[str, Any] = {"teacher": evaluate(teacher_model, batches)["accuracy"]}
+    for name in ("initialized", "random"):
+        student = setup_model(config.model, config.train.seed, cpu)
+        if name == "initialized":
+            init_from_teacher(student, teacher_model, config.distill.init, config.distill.shortcuts)
+        with FiringMonitor(student) as monitor:
+            scores = evaluate(student, batches)
+        firing = monitor.summary()
+        out[name] = {"accuracy_by_t": scores["accuracy_by_timestep"],
+                     "firing_rate": firing["firing_rate"],
+                     "silent_fraction": firing["silent_fraction"],
+                     "firing_rate_by_layer": firing["firing_rate_by_layer"]}  # fmt: skip
+    return {**out, "images": n}
+
+
+def cached_json(cache: Path, source: Path, make: Callable[..., Any], *args: Any) -> Any:
+    """``make(*args)``, kept in ``cache`` and reused while it is newer than ``source``."""
+    if cache.is_file() and cache.stat().st_mtime >= source.stat().st_mtime:
+        return ckpt.read_json(cache)
+    value = make(*args)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_json(cache, value)
+    return value
 
 
 def json_key(arm: str) -> str:
@@ -212,8 +232,10 @@ def build_result(args: argparse.Namespace) -> dict[str, Any]:
     teacher_dir = args.teacher or args.out / "teacher"
     init_arm = next(a for a in check_spec(spec) if a.get("init", "none") != "none")
     begun = [s for s in seeds if any(s in found[a] for a in arms)]
-    start = {s: initial_accuracy(seed_spec(s, teacher_dir, overrides), init_arm, teacher_dir,
-                                 args.initial_images) for s in begun}  # fmt: skip
+    start = {s: cached_json(args.out / f"seed{s}" / f"before_training_{args.initial_images}.json",
+                            teacher_dir / ckpt.SUMMARY_FILE, initial_accuracy,
+                            seed_spec(s, teacher_dir, overrides), init_arm, teacher_dir,
+                            args.initial_images) for s in begun}  # fmt: skip
     n_test = next(len(c) for per in correct.values() for c in per.values())
 
     def per_seed(value: Callable[[str, int], Any], finished_only: bool = True) -> dict:
@@ -233,10 +255,11 @@ def build_result(args: argparse.Namespace) -> dict[str, Any]:
         "epochs_to_baseline_final_definition": EPOCHS_TO_REACH,
         "accuracy_by_epoch": {k: per_seed(lambda a, s, k=k: curve(found, a, s, f"{k}_accuracy"),
                                           finished_only=False) for k in ("val", "test")},
-        "initialized_student_val_accuracy": {
-            "definition": f"validation accuracy of the {init_arm['name']} student right after "
-            "its init from the teacher, before any training step, by t; and the teacher's on "
-            "the same images",
+        "before_training": {
+            "definition": f"before any training step, on the first validation images: the "
+            f"{init_arm['name']} student right after its init from the teacher and the same "
+            "student at its random init (accuracy by t, spikes per neuron per step, fraction "
+            "of neurons that never fired), and the teacher's accuracy",
             "per_seed": {str(s): start[s] for s in begun},
         },
         "best_epoch": per_seed(lambda a, s: found[a][s]["summary"].get("best_epoch")),
@@ -345,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--json", type=Path, default=RESULT, help="where the JSON goes")
     rep.add_argument("--sample", action="store_true", help="per-image tests on the runs' "
                      "balanced test sample instead of the whole test file")  # fmt: skip
-    rep.add_argument("--initial-images", type=int, default=3000, help="validation images "
-                     "scoring the initialized students before training (default 3000)")  # fmt: skip
+    rep.add_argument("--initial-images", type=int, default=1000, help="validation images "
+                     "scoring the students before training (default 1000)")  # fmt: skip
     rep.add_argument("--machine", help="machine description for the JSON (default: detected)")
     args = parser.parse_args(argv)
     if args.command == "run":
