@@ -313,6 +313,8 @@ def markdown(result: dict[str, Any]) -> str:
             for i, (v, t) in enumerate(zip(reach["val"][arm], reach["test"][arm], strict=True))
         )
         lines.append(f"| {arm} | {mean} | {cells} | {epochs} |")
+    if not any("seeds" in row for row in result["paired_differences"]):
+        return "\n".join(lines + epoch_rows(result))  # no pair of arms finished on a seed
     lines += ["", "| B - A | seeds | per seed (points) | mean [95 % t-interval] | pooled per "
               "image [95 % Wald] | A only / B only | McNemar p |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -329,7 +331,29 @@ def markdown(result: dict[str, Any]) -> str:
             f"[{100 * p['ci_low']:+.2f}, {100 * p['ci_high']:+.2f}] | {p['a_only']} / "
             f"{p['b_only']} | {p['p_value']:.3g} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + epoch_rows(result))
+
+
+def epoch_rows(result: dict[str, Any]) -> list[str]:
+    """Per seed with any epoch run: validation (test) accuracy per epoch of every arm, the
+    epochs an unfinished run has done so far included."""
+    val, test = result["accuracy_by_epoch"]["val"], result["accuracy_by_epoch"]["test"]
+    width = max(len(c) for per_seed in val.values() for c in per_seed)
+    lines = []
+    for i, seed in enumerate(result["seeds"]):
+        if not any(val[arm][i] for arm in val):
+            continue
+        lines += ["", f"Seed {seed}, validation (test) accuracy per epoch, %:", "",
+                  "| arm | " + " | ".join(f"epoch {e}" for e in range(1, width + 1)) + " |",
+                  "|---|" + "---|" * width]  # fmt: skip
+        for arm in val:
+            cells = [
+                f"{100 * v:.2f} ({100 * t:.2f})"
+                for v, t in zip(val[arm][i], test[arm][i], strict=True)
+            ]
+            cells += ["-"] * (width - len(cells))
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _epochs(value: int | None, accuracy: float | None) -> str:
@@ -341,6 +365,7 @@ def _epochs(value: int | None, accuracy: float | None) -> str:
 
 def report(args: argparse.Namespace) -> int:
     result = build_result(args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     ckpt.write_json(args.json, result)
     print(markdown(result))
     if result["unfinished"]:
