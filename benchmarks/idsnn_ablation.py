@@ -269,7 +269,7 @@ def build_result(args: argparse.Namespace) -> dict[str, Any]:
         "teacher_shared": "one teacher (seed 0) for every seed; students vary by seed",
         "machine": args.machine or machine(),
         "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
-        "commands": COMMANDS,
+        "commands": [COMMANDS[0], COMMANDS[1] + (" --sample" if args.sample else "")],
     }  # fmt: skip
 
 
