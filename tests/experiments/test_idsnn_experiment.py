@@ -94,7 +94,7 @@ def test_demo_ablation_file_has_exactly_the_demo_budget():
     assert {k: settings[k] for k in demo.DEMO_DATA} == demo.DEMO_DATA
     assert merge(settings, spec["teacher"])["subset"] == demo.TEACHER_DATA["subset"]
     assert {k: spec["teacher"][k] for k in demo.TEACHER} == demo.TEACHER
-    assert spec["student"] == demo.STUDENT
+    assert {k: spec["student"][k] for k in demo.STUDENT} == demo.STUDENT
     arms = {a["name"]: a for a in spec["arms"]}
     assert list(arms) == ["baseline", "init-only", "kd-only", "init+kd"]
     assert (arms["init+kd"]["init"], arms["init+kd"]["kd_weight"]) == ("first", 0.3)
