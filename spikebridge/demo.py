@@ -180,8 +180,10 @@ class _Schedule:
         return [s for s in self.pending if all(a in self.done for a in s.after)]
 
     def skip_finished(self) -> None:
-        for s in self.ready():
-            if self.finished(s.run_dir) is not None:
+        """Reuse every finished step whose needs are done, down the chains: a finished
+        step's finished followers are reused too, never started again."""
+        while reused := [s for s in self.ready() if self.finished(s.run_dir) is not None]:
+            for s in reused:
                 self.log(f"[demo] {s.name}: reusing {s.run_dir}")
                 self.pending.remove(s)
                 self.done.add(s.name)

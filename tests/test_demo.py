@@ -90,6 +90,17 @@ def test_steps_run_after_the_steps_they_need_and_finished_steps_are_reused(tmp_p
     assert _time(tmp_path, "d", "start") >= max(_time(tmp_path, n, "end") for n in "bc")
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_finished_chain_is_reused_whole_and_never_started_again(tmp_path, jobs):
+    # 'a' and 'c' (which needs 'a') finished in an earlier demo: a re-run starts neither
+    for name in "ac":
+        (tmp_path / f"{name}.end").write_text("0")
+    steps = [_steps(tmp_path)[i] for i in (0, 2, 1, 3)]  # c listed before b
+    run_steps(steps, jobs=jobs, log=lambda _: None, finished=_finished_if_ended)
+    assert not (tmp_path / "a.start").exists() and not (tmp_path / "c.start").exists()
+    assert (tmp_path / "d.end").exists()
+
+
 def test_two_jobs_run_independent_steps_at_once_and_keep_the_order_of_dependencies(tmp_path):
     # 'a' waits for 'b' to start: one process at a time would fail it (after 60 s)
     run_steps(_steps(tmp_path, {"a": "b"}), jobs=2, log=lambda _: None,
