@@ -551,11 +551,10 @@ def _twin(ann: nn.Module, timesteps: int, phi: float) -> tuple[nn.Module, ResNet
     return reference, spiking_from_sites(reference, timesteps, phi)
 
 
-def selects_reference(reference: str | None, ann: nn.Module) -> bool:
+def selects_reference(reference: str | None) -> bool:
     """Whether ``tune_reference=reference`` makes ttrbr choose its thresholds on held-out
     labelled images: ``select``, on any ANN (tuned towards the ANN, and towards its clip twin
     where it has QCFS sites, against the untuned ``qcfs`` / ``robust`` thresholds)."""
-    del ann  # every ANN has at least one tuned and one untuned candidate
     return reference == "select"
 
 

@@ -252,7 +252,7 @@ def convert_run(
     check_simulation_fits(snn_cfg, splits.info.image_size, size, t_max, dev.type)
     calib = calibration_images(splits, calibration_size, seed, dev) if method != "qcfs" else None
     held_out, source = None, None
-    if method == "ttrbr" and selects_reference(tune_reference, ann):
+    if method == "ttrbr" and selects_reference(tune_reference):
         held_out, source = selection_images(splits, selection_size, seed, dev, calibration_size)
     claim = rundir.claim_run_dir(out_dir, resume=False, resumable=False, leftovers=(REPORT_FILE,))
     with claim:  # --out locked until summary.json, written last, makes the folder finished
