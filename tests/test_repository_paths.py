@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 _START = r"(?<![\w.~/-])"
-"""A path starts here: not inside a URL (``example.org/work/``) or a relative path."""
+"""A path starts here: not inside a URL (a host name then a path) or a relative path."""
 _PREFIXES = (  # spelled in pieces so that this file does not match itself
     "/" + "work/",
     "/" + r"home/[\w.-]+/",
