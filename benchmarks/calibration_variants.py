@@ -26,7 +26,7 @@ from spikebridge.analysis.paired import paired_rows
 from spikebridge.engine.evaluate import per_image_correct
 from spikebridge.methods.convert import convert
 from spikebridge.methods.output_calibration import calibrate_outputs
-from spikebridge.recipes.conversion import calibration_images
+from spikebridge.runs.conversion import calibration_images
 
 # name -> (calibration images, epochs, schedule); learning rate 0.01 throughout
 VARIANTS = {

@@ -32,8 +32,8 @@ from spikebridge.engine.runs import setup_data, setup_model
 from spikebridge.experiments import load_experiment, merge, parse_overrides
 from spikebridge.experiments.idsnn import _slug, arm_config, check_spec, run_arm, run_teacher
 from spikebridge.methods import init_from_teacher
-from spikebridge.recipes.conversion import eval_loader, run_data
-from spikebridge.recipes.idsnn import load_teacher
+from spikebridge.runs.conversion import eval_loader, run_data
+from spikebridge.runs.idsnn import load_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = ROOT / "experiments" / "idsnn_ablation_demo.yaml"

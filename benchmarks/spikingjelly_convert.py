@@ -5,7 +5,7 @@ Loads a spikebridge ANN run folder (``load_run``), wraps the ResNet in a plain m
 spikebridge's ``forward_steps``: it branches on ``x.dim()`` and folds time into the batch),
 converts it with SpikingJelly's ``FXConverter(RateCodingRecipe(dataloader, mode))`` on the
 SAME calibration images and evaluates on the SAME test images as ``spikebridge convert``
-(``spikebridge.recipes.conversion.calibration_images`` / ``eval_loader``), stepping the
+(``spikebridge.runs.conversion.calibration_images`` / ``eval_loader``), stepping the
 converted network ``T`` times per batch (direct encoding, ``reset_net`` before each batch)
 and reporting the accuracy of the running sum of outputs at every t <= T.
 
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from spikebridge.engine import checkpoint as ckpt
     from spikebridge.engine.evaluate import evaluate
-    from spikebridge.recipes.conversion import calibration_images, eval_loader, run_data
+    from spikebridge.runs.conversion import calibration_images, eval_loader, run_data
 
     torch.set_num_threads(args.threads)
     dev = torch.device("cpu")

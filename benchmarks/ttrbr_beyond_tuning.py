@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from spikebridge.recipes.conversion import (
+from spikebridge.runs.conversion import (
     DEFAULT_CALIBRATION,
     DEFAULT_SELECTION,
     convert_run,

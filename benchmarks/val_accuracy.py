@@ -22,7 +22,7 @@ from spikebridge.data.loader import DeviceLoader
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine.evaluate import per_image_correct
 from spikebridge.methods.threshold_tuning import clip_reference
-from spikebridge.recipes.conversion import run_data
+from spikebridge.runs.conversion import run_data
 
 
 def load_with_validation(ann_run: str) -> tuple[torch.nn.Module, Any, int, list]:

@@ -35,10 +35,10 @@ from spikebridge.config import TRAIN_SECTIONS, add_config_arguments, config_from
 from spikebridge.demo import add_demo_arguments, run_demo_command
 from spikebridge.engine.runs import eval_run, stored_config, train_run
 from spikebridge.errors import ConfigError, SpikebridgeError, Terminated, resumable_run
-from spikebridge.recipes.analyze import add_analyze_arguments, run_analyze
-from spikebridge.recipes.compare import add_compare_arguments, run_compare
-from spikebridge.recipes.conversion import add_convert_arguments, run_convert
-from spikebridge.recipes.idsnn import (
+from spikebridge.runs.analyze import add_analyze_arguments, run_analyze
+from spikebridge.runs.compare import add_compare_arguments, run_compare
+from spikebridge.runs.conversion import add_convert_arguments, run_convert
+from spikebridge.runs.idsnn import (
     add_distill_arguments,
     add_experiment_arguments,
     add_idsnn_arguments,

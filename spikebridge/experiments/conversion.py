@@ -64,7 +64,7 @@ from spikebridge.engine.runs import train_run
 from spikebridge.errors import ConfigError, SpikebridgeError
 from spikebridge.experiments import register_experiment
 from spikebridge.methods.convert import METHODS
-from spikebridge.recipes.conversion import DEFAULT_SELECTION, DEFAULT_TIMESTEPS, convert_run
+from spikebridge.runs.conversion import DEFAULT_SELECTION, DEFAULT_TIMESTEPS, convert_run
 
 METHOD_ACTIVATIONS = {
     "maxnorm": ("relu",),

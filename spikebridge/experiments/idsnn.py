@@ -31,7 +31,7 @@ from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine.runs import train_run
 from spikebridge.errors import ConfigError
 from spikebridge.experiments import merge, register_experiment
-from spikebridge.recipes.idsnn import DISTILL_SECTIONS, STUDENT_DEFAULTS, distill_run
+from spikebridge.runs.idsnn import DISTILL_SECTIONS, STUDENT_DEFAULTS, distill_run
 
 ARM_META = ("name", "reference")  # arm keys that are not config keys
 PLOT_FILE = "test_accuracy.png"

@@ -19,8 +19,8 @@ from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import eval_run, rundir, train_run, validate_run_dir
 from spikebridge.engine.train import Trainer
 from spikebridge.errors import ConfigError, RunError
-from spikebridge.recipes import conversion
-from spikebridge.recipes.conversion import convert_run
+from spikebridge.runs import conversion
+from spikebridge.runs.conversion import convert_run
 
 TINY_RUN = {
     "dataset": "synthetic", "subset": 96, "val_size": 32, "batch_size": 16, "model": "resnet20",

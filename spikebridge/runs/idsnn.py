@@ -1,4 +1,4 @@
-"""IDSNN recipes (METHODS 1): ``distill_run`` and ``idsnn_run``, their config and CLI glue.
+"""IDSNN runs (METHODS 1): ``distill_run`` and ``idsnn_run``, their config and CLI glue.
 
 ``distill_run(config)``: load a trained teacher run, build the (spiking) student, initialize
 it from the teacher (METHODS 1.2, unless ``init=none``), train it with the KD loss

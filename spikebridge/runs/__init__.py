@@ -1,12 +1,12 @@
-"""Recipes: library entry points that chain the engine's steps into one method's pipeline.
+"""Runs: library entry points that chain the engine's steps into one method's pipeline.
 
-- :mod:`spikebridge.recipes.idsnn` — ``distill_run`` (teacher -> init -> KD training of a
+- :mod:`spikebridge.runs.idsnn` — ``distill_run`` (teacher -> init -> KD training of a
   student, METHODS 1.2-1.4) and ``idsnn_run`` (train the teacher too).
 
-Importing a recipe module registers its config sections (``distill``, ``idsnn``).
+Importing a runs module registers its config sections (``distill``, ``idsnn``).
 """
 
-from spikebridge.recipes.idsnn import (
+from spikebridge.runs.idsnn import (
     DISTILL_SECTIONS,
     IDSNN_SECTIONS,
     DistillConfig,

@@ -25,7 +25,7 @@ from spikebridge.engine.evaluate import model_timesteps, per_image_correct
 from spikebridge.engine.memory import check_simulation_fits
 from spikebridge.engine.runs import measure_run, resolve_device
 from spikebridge.errors import ConfigError
-from spikebridge.recipes.conversion import eval_loader, parse_timestep_list, run_data
+from spikebridge.runs.conversion import eval_loader, parse_timestep_list, run_data
 
 SAME_DATA_KEYS = ("dataset", "data_dir", "subset", "val_size")
 

@@ -1,6 +1,6 @@
 """Conversion recipe: ``convert_run`` (ANN run folder -> converted SNN run folder), behind
 ``spikebridge convert`` (METHODS 2); ``analyze_run`` (the per-layer error report) lives in
-:mod:`spikebridge.recipes.analyze`.
+:mod:`spikebridge.runs.analyze`.
 
 ``maxnorm`` (Diehl et al. 2015), ``robust`` (Rueckauer et al. 2017) and ``qcfs`` (Bu et al.
 2022) are published baselines. ``ttrbr`` -- threshold tuning (METHODS 2.4), the error

@@ -1,4 +1,4 @@
-"""IDSNN recipes: ``spikebridge distill`` / ``idsnn`` on tiny synthetic runs (METHODS 1)."""
+"""IDSNN runs: ``spikebridge distill`` / ``idsnn`` on tiny synthetic runs (METHODS 1)."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from spikebridge.cli import main
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine.runs import train_run
 from spikebridge.errors import ConfigError
-from spikebridge.recipes.idsnn import arm_name, distill_run
+from spikebridge.runs.idsnn import arm_name, distill_run
 
 TINY = {"dataset": "synthetic", "model": "resnet20", "width": 0.25, "epochs": 1,
         "batch_size": 16, "val_size": 64, "schedule": "cosine", "progress": False}  # fmt: skip

@@ -16,7 +16,7 @@ from spikebridge.engine.runs import resolve_device
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import convert
 from spikebridge.methods.error_analysis import decompose_errors, plot_errors
-from spikebridge.recipes.conversion import (
+from spikebridge.runs.conversion import (
     DEFAULT_CALIBRATION,
     OURS_NOTE,
     calibration_images,

@@ -15,8 +15,8 @@ from spikebridge.engine import load_run, train_run
 from spikebridge.engine.evaluate import evaluate
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import convert
-from spikebridge.recipes.compare import compare_runs
-from spikebridge.recipes.conversion import (
+from spikebridge.runs.compare import compare_runs
+from spikebridge.runs.conversion import (
     calibration_images,
     convert_run,
     default_tune_timesteps,
