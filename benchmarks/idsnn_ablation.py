@@ -27,13 +27,14 @@ from spikebridge.analysis import ablation as stats
 from spikebridge.analysis.firing import FiringMonitor
 from spikebridge.demo import Step, _finished, run_steps
 from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import evaluate, per_image_correct
-from spikebridge.engine.runs import setup_data, setup_model
 from spikebridge.experiments import load_experiment, merge, parse_overrides
 from spikebridge.experiments.idsnn import _slug, arm_config, check_spec, run_arm, run_teacher
 from spikebridge.methods import init_from_teacher
 from spikebridge.runs.conversion import eval_loader, run_data
 from spikebridge.runs.idsnn import load_teacher
+from spikebridge.runs.setup import setup_data, setup_model
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = ROOT / "experiments" / "idsnn_ablation_demo.yaml"
@@ -143,7 +144,7 @@ def per_image(run_dir: Path, cache: Path, whole_test_set: bool) -> torch.Tensor:
     weights = run_dir / ckpt.BEST_WEIGHTS
     if cache.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime:
         return torch.load(cache)
-    model, config = ckpt.load_run(run_dir)
+    model, config = rundir.load_run(run_dir)
     splits, data, seed = run_data(config, whole_test_set=whole_test_set)
     loader = eval_loader(splits, data, seed, torch.device("cpu"), None)
     correct = per_image_correct(model, loader)[-1]

@@ -98,13 +98,13 @@ def run(args: argparse.Namespace) -> dict:
     """Convert the ANN with every ``--mode`` and evaluate; returns the JSON record."""
     from spikingjelly.activation_based import ann2snn, neuron
 
-    from spikebridge.engine import checkpoint as ckpt
+    from spikebridge.engine import rundir
     from spikebridge.engine.evaluate import evaluate
     from spikebridge.runs.conversion import calibration_images, eval_loader, run_data
 
     torch.set_num_threads(args.threads)
     dev = torch.device("cpu")
-    ann, config = ckpt.load_run(args.ann, dev)
+    ann, config = rundir.load_run(args.ann, dev)
     activation = config["model"].get("activation", "relu")
     if activation != "relu" and not args.swap_to_relu:
         raise SystemExit("SpikingJelly's rate-coding recipe converts nn.ReLU only; use a relu "

@@ -19,7 +19,7 @@ import torch
 
 from spikebridge.analysis.paired import paired_rows
 from spikebridge.data.loader import DeviceLoader
-from spikebridge.engine import checkpoint as ckpt
+from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import per_image_correct
 from spikebridge.methods.threshold_tuning import clip_reference
 from spikebridge.runs.conversion import run_data
@@ -28,7 +28,7 @@ from spikebridge.runs.conversion import run_data
 def load_with_validation(ann_run: str) -> tuple[torch.nn.Module, Any, int, list]:
     """The ANN of ``ann_run`` (on the CPU), its splits, seed and validation batches of 500."""
     cpu = torch.device("cpu")
-    ann, config = ckpt.load_run(ann_run, cpu)
+    ann, config = rundir.load_run(ann_run, cpu)
     splits, _, seed = run_data(config)
     val = list(DeviceLoader(splits.val_x, splits.val_y, 500, splits.info, cpu,
                             shuffle=False, augment=False, seed=seed))  # fmt: skip
@@ -53,7 +53,7 @@ def main() -> None:
     steps = [int(t) for t in args.timesteps.split(",")]
     first = None
     for run in args.runs:
-        snn, _ = ckpt.load_run(run, torch.device("cpu"))
+        snn, _ = rundir.load_run(run, torch.device("cpu"))
         correct = per_image_correct(snn, val, max(steps))
         first = correct if first is None else first
         rows = paired_rows(first, correct, steps)

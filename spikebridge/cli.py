@@ -20,6 +20,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from spikebridge import __version__
@@ -31,31 +32,34 @@ from spikebridge.cli_report import (
     run_export,
     run_report,
 )
-from spikebridge.config import TRAIN_SECTIONS, add_config_arguments, config_from_args
+from spikebridge.config import (
+    DEFAULT_RUNS_DIR,
+    TRAIN_SECTIONS,
+    add_config_arguments,
+    config_from_args,
+)
 from spikebridge.demo import add_demo_arguments, run_demo_command
-from spikebridge.engine.runs import eval_run, stored_config, train_run
+from spikebridge.engine.train import print_flush
 from spikebridge.errors import ConfigError, SpikebridgeError, Terminated, resumable_run
+from spikebridge.experiments import parse_overrides, run_experiment
 from spikebridge.runs.analyze import add_analyze_arguments, run_analyze
 from spikebridge.runs.compare import add_compare_arguments, run_compare
 from spikebridge.runs.conversion import add_convert_arguments, run_convert
+from spikebridge.runs.evaluate import eval_run
 from spikebridge.runs.idsnn import (
     add_distill_arguments,
-    add_experiment_arguments,
     add_idsnn_arguments,
     run_distill,
-    run_experiment_command,
     run_idsnn,
 )
+from spikebridge.runs.setup import stored_config
+from spikebridge.runs.train import format_percent, format_summary, train_run
 
 
 class Subcommand(NamedTuple):
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f} %"
 
 
 # ----------------------------------------------------------------------------- train
@@ -65,25 +69,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, TRAIN_SECTIONS)
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """The headline lines printed at the end of a training run."""
-    lines = [
-        f"run folder: {summary['run_dir']}",
-        f"test accuracy (model selected on validation, epoch {summary['best_epoch']}): "
-        f"{_percent(summary['test_accuracy'])}",
-        f"validation accuracy: {_percent(summary['val_accuracy'])}   "
-        f"final-epoch test: {_percent(summary['final_test_accuracy'])}   "
-        f"best test over epochs (paper-comparison figure): "
-        f"{_percent(summary['best_test_accuracy'])}",
-    ]
-    by_t = summary.get("accuracy_by_timestep")
-    if by_t:
-        lines.append(
-            "test accuracy by t: " + "  ".join(f"{t}:{_percent(a)}" for t, a in by_t.items())
-        )
-    return "\n".join(lines)
-
-
 def run_train(args: argparse.Namespace) -> int:
     """``spikebridge train``: resolve the config (a resumed run starts from its stored one)."""
     config = config_from_args(args, TRAIN_SECTIONS)
@@ -91,6 +76,29 @@ def run_train(args: argparse.Namespace) -> int:
         config = config_from_args(args, TRAIN_SECTIONS, base=stored_config(config.train.out))
     summary = train_run(config)
     print(format_summary(summary))
+    return 0
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="experiment YAML (e.g. experiments/*.yaml)")
+    parser.add_argument("--profile", default="cpu",
+                        help="profile of the file to run: cpu (2 cores) or full (GPU)")  # fmt: skip
+    parser.add_argument("--out", help="output folder (default: runs/experiments/<file>-<profile>)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
+                        help="override a setting of the file after the profile, value read as "
+                        "YAML; dots reach nested keys (e.g. --set train.epochs=2 "
+                        "--set models=[resnet20]); repeatable")  # fmt: skip
+
+
+def run_experiment_command(args: argparse.Namespace) -> int:
+    """``spikebridge experiment FILE``: run every arm; results.md + plots in ``--out``."""
+    out = (
+        args.out
+        or Path(DEFAULT_RUNS_DIR) / "experiments" / f"{Path(args.file).stem}-{args.profile}"
+    )
+    overrides = parse_overrides(args.overrides)
+    result = run_experiment(args.file, args.profile, out, log=print_flush, overrides=overrides)
+    print(f"results: {result.get('results_md', out)}")
     return 0
 
 
@@ -127,7 +135,7 @@ def format_eval(report: dict[str, Any]) -> str:
     rows = ["     t   accuracy      loss" + ("   firing rate   SOPs/image   energy (µJ)"
                                               if spiking else "")]  # fmt: skip
     for t, acc in report["accuracy_by_timestep"].items():
-        row = f"{t:>6} {_percent(acc):>10} {report['loss_by_timestep'][t]:>9.4f}"
+        row = f"{t:>6} {format_percent(acc):>10} {report['loss_by_timestep'][t]:>9.4f}"
         m = measurement_at(report, int(t)) if spiking else None
         if m is not None:
             row += (f" {_figure(m['firing_rate'], '.4f'):>13} "
@@ -201,7 +209,6 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "experiment": Subcommand(
         "run an experiment file (arms, results.md, plots): FILE [--profile cpu|full]",
-        add_experiment_arguments,
         run_experiment_command,
     ),
     "demo": Subcommand(

@@ -1,7 +1,7 @@
 """``spikebridge report`` and ``spikebridge export``: thin CLI glue (parse, call, print).
 
 The work is done by :func:`spikebridge.analysis.report.write_report` and
-:func:`spikebridge.engine.runs.export_run`; bad input raises a SpikebridgeError, which
+:func:`spikebridge.runs.export.export_run`; bad input raises a SpikebridgeError, which
 ``spikebridge.cli.main`` turns into exit code 2.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from spikebridge.engine.runs import EXPORT_FORMATS
+from spikebridge.runs.export import EXPORT_FORMATS
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """``spikebridge export RUN --format nir -o model.nir``: ANN runs are refused (exit 2)."""
-    from spikebridge.engine.runs import export_run
+    from spikebridge.runs.export import export_run
 
     path = export_run(args.run_dir, args.format, args.output, target=args.nir_target)
     print(f"wrote {path}")

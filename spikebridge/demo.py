@@ -44,10 +44,10 @@ from spikebridge.demo_progress import (
 )
 from spikebridge.engine.checkpoint import read_json
 from spikebridge.engine.rundir import prepare_output_folder, validate_run_dir
-from spikebridge.engine.runs import train_run
 from spikebridge.errors import ConfigError, SpikebridgeError
 from spikebridge.runs.conversion import convert_run
 from spikebridge.runs.idsnn import distill_run
+from spikebridge.runs.train import train_run
 
 # The demo budget, sized for about 15 minutes on 2 quiet CPU cores in two one-thread lanes
 # (docs/RESULTS.md has the measured time). lr 0.1 (SGD, cosine with warm-up) and no

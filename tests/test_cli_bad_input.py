@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from spikebridge.engine import checkpoint as ckpt
-from spikebridge.engine import train_run
+from spikebridge.runs import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {

@@ -48,6 +48,7 @@ from spikebridge.analysis.figures import (
     ratio_withheld,
 )
 from spikebridge.analysis.ops import measurement_at
+from spikebridge.engine.rundir import validate_run_dir
 from spikebridge.errors import DataError
 
 __all__ = [
@@ -417,8 +418,6 @@ def write_report(run_dir: str | Path) -> Path:
     Returns the path of ``report.md``. RunError (one sentence) when the folder is missing,
     unfinished (no ``summary.json``) or damaged.
     """
-    from spikebridge.engine.rundir import validate_run_dir  # the engine imports analysis
-
     validate_run_dir(run_dir, kind="results")
     run = read_run_files(run_dir)
     lines = [f"# Run report: {run.path.name}", ""]
@@ -435,7 +434,7 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 def format_measurement(m: dict[str, Any]) -> str:
-    """Compact lines of the :func:`~spikebridge.engine.runs.measure_run` numbers, the SNN's
+    """Compact lines of the :func:`~spikebridge.runs.measure.measure_run` numbers, the SNN's
     named with the T they belong to (``measured_timesteps``)."""
     if "macs_per_image" not in m:
         return ""

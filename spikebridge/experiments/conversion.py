@@ -60,11 +60,11 @@ from pathlib import Path
 from typing import Any
 
 from spikebridge.engine import checkpoint as ckpt
-from spikebridge.engine.runs import train_run
 from spikebridge.errors import ConfigError, SpikebridgeError
 from spikebridge.experiments import register_experiment
 from spikebridge.methods.convert import METHODS
 from spikebridge.runs.conversion import DEFAULT_SELECTION, DEFAULT_TIMESTEPS, convert_run
+from spikebridge.runs.train import train_run
 
 METHOD_ACTIVATIONS = {
     "maxnorm": ("relu",),

@@ -12,7 +12,6 @@ from typing import Any
 from spikebridge.config import check_count
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import rundir
-from spikebridge.engine.runs import resolve_device
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import convert
 from spikebridge.methods.error_analysis import decompose_errors, plot_errors
@@ -23,6 +22,7 @@ from spikebridge.runs.conversion import (
     check_request,
     run_data,
 )
+from spikebridge.runs.setup import resolve_device
 
 # What analyze writes into a folder of its own (report.md: what `spikebridge report` adds).
 ANALYSIS_OUTPUTS = ("errors.md", "errors.csv", "errors.png", "summary.json", "report.md")
@@ -51,12 +51,12 @@ def analyze_run(
     check_count("--calibration-size", calibration_size)
     check_count("--timesteps", timesteps)
     dev = resolve_device(device)
-    model, config = ckpt.load_run(run_dir, dev)
+    model, config = rundir.load_run(run_dir, dev)
     conv = config.get("conversion")
     if conv is None and method is None:
         raise ConfigError(f"{run_dir} is an ANN run; pass --method to convert it for analysis.")
     ann_dir = Path(conv["ann_run"]) if conv else Path(run_dir)
-    ann, ann_config = (ckpt.load_run(ann_dir, dev)) if conv else (model, config)
+    ann, ann_config = (rundir.load_run(ann_dir, dev)) if conv else (model, config)
     T = int(timesteps or (conv or {}).get("tune_timesteps") or 4)
     if conv is None:
         check_request(str(method), [T])

@@ -23,9 +23,10 @@ from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import model_timesteps, per_image_correct
 from spikebridge.engine.memory import check_simulation_fits
-from spikebridge.engine.runs import measure_run, resolve_device
 from spikebridge.errors import ConfigError
 from spikebridge.runs.conversion import eval_loader, parse_timestep_list, run_data
+from spikebridge.runs.measure import measure_run
+from spikebridge.runs.setup import resolve_device
 
 SAME_DATA_KEYS = ("dataset", "data_dir", "subset", "val_size")
 
@@ -84,8 +85,8 @@ def compare_against(
     check_count("--test-images", test_images)
     check_count("--batch-size", batch_size)
     dev = resolve_device(device)
-    model_a, config_a = ckpt.load_run(run_a, dev)
-    others = [ckpt.load_run(run, dev) for run in runs_b]
+    model_a, config_a = rundir.load_run(run_a, dev)
+    others = [rundir.load_run(run, dev) for run in runs_b]
     id_a = _data_identity(config_a, whole_test_set)
     for run, (_, config_b) in zip(runs_b, others, strict=True):
         if (id_b := _data_identity(config_b, whole_test_set)) != id_a:

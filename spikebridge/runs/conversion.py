@@ -53,7 +53,6 @@ from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import evaluate
 from spikebridge.engine.memory import check_simulation_fits
-from spikebridge.engine.runs import eval_batch, measure_run, resolve_device
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import (
     METHODS,
@@ -69,6 +68,8 @@ from spikebridge.methods.output_calibration import (
     SCHEDULES,
 )
 from spikebridge.methods.reference_selection import selection_markdown, trails_note
+from spikebridge.runs.measure import measure_run
+from spikebridge.runs.setup import eval_batch, resolve_device
 
 DEFAULT_CALIBRATION = 1024
 DEFAULT_SELECTION = 2000  # held-out labelled images for tune_reference "select"
@@ -244,7 +245,7 @@ def convert_run(
     tune_t = int(tune_timesteps or default_tune_timesteps(wanted))
     ann_run = Path(ann_run)
     dev = resolve_device(device)
-    ann, config = ckpt.load_run(ann_run, dev, kind="ann")  # a finished ANN run, or RunError
+    ann, config = rundir.load_run(ann_run, dev, kind="ann")  # a finished ANN run, or RunError
     out_dir = _out_dir(out, ann_run, method)
     splits, data, seed = run_data(config, data_dir)
     snn_cfg = dataclasses.replace(ann.config, neuron="if")  # the network simulated below

@@ -38,25 +38,24 @@ from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import distributed as ddp
 from spikebridge.engine import rundir
 from spikebridge.engine.memory import check_run_fits
-from spikebridge.engine.runs import (
+from spikebridge.engine.tasks import ClassificationTask
+from spikebridge.engine.train import FitResult, fit, print_flush
+from spikebridge.errors import ConfigError, ModelError
+from spikebridge.methods import KD_FORMS, DistillationTask, InitReport, init_from_teacher
+from spikebridge.runs.measure import measure_step
+from spikebridge.runs.setup import (
     check_resumable,
     claim_for_training,
     eval_batch,
     finished_summary,
-    make_summary,
-    measure_step,
     prepare_run_dir,
     setup_data,
     setup_model,
     setup_runtime,
     stored_config,
-    train_run,
     write_config,
 )
-from spikebridge.engine.tasks import ClassificationTask
-from spikebridge.engine.train import FitResult, fit, print_flush
-from spikebridge.errors import ConfigError, ModelError
-from spikebridge.methods import KD_FORMS, DistillationTask, InitReport, init_from_teacher
+from spikebridge.runs.train import format_percent, format_summary, make_summary, train_run
 
 INIT_CHOICES = ("first", "spread", "none")
 INIT_REPORT_MD = "init_report.md"
@@ -152,7 +151,7 @@ def load_teacher(cfg: DistillConfig, device: Any) -> tuple[nn.Module | None, flo
     the teacher folder must be a finished run (RunError otherwise)."""
     if not cfg.teacher:
         return None, None
-    teacher, _ = ckpt.load_run(cfg.teacher, device, kind="ann")  # an SNN teacher is refused
+    teacher, _ = rundir.load_run(cfg.teacher, device, kind="ann")  # an SNN teacher is refused
     accuracy = ckpt.read_json(Path(cfg.teacher) / ckpt.SUMMARY_FILE).get("test_accuracy")
     return teacher, accuracy
 
@@ -327,17 +326,11 @@ def _idsnn_steps(config: Config, log: Log) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- CLI glue
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f} %"
-
-
 def format_distill(summary: Mapping[str, Any]) -> str:
     """``train``'s headline lines, then the arm and the teacher's accuracy."""
-    from spikebridge.cli import format_summary  # the CLI imports this module
-
     extra = (
         f"arm: {summary['arm']} (init {summary['init']}, KD weight {summary['kd_weight']}); "
-        f"teacher test accuracy: {_percent(summary.get('teacher_accuracy'))}"
+        f"teacher test accuracy: {format_percent(summary.get('teacher_accuracy'))}"
     )
     return format_summary(dict(summary)) + "\n" + extra
 
@@ -351,8 +344,8 @@ def format_comparison(result: Mapping[str, Any]) -> str:
         if s:
             rows.append(
                 f"| {role} | {s.get('model')} | {s.get('timesteps')} | "
-                f"{_percent(s.get('test_accuracy'))} | {_percent(s.get('final_test_accuracy'))} "
-                f"| {_percent(s.get('best_test_accuracy'))} |"
+                f"{format_percent(s.get('test_accuracy'))} | {format_percent(s.get('final_test_accuracy'))} "
+                f"| {format_percent(s.get('best_test_accuracy'))} |"
             )
     return "\n".join(rows)
 
@@ -379,29 +372,4 @@ def run_idsnn(args: argparse.Namespace) -> int:
     """``spikebridge idsnn ...``: train the teacher, init and distill the student."""
     config = config_from_args(args, IDSNN_SECTIONS, base=STUDENT_DEFAULTS)
     print(format_comparison(idsnn_run(config)))
-    return 0
-
-
-def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE", help="experiment YAML (e.g. experiments/*.yaml)")
-    parser.add_argument("--profile", default="cpu",
-                        help="profile of the file to run: cpu (2 cores) or full (GPU)")  # fmt: skip
-    parser.add_argument("--out", help="output folder (default: runs/experiments/<file>-<profile>)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
-                        help="override a setting of the file after the profile, value read as "
-                        "YAML; dots reach nested keys (e.g. --set train.epochs=2 "
-                        "--set models=[resnet20]); repeatable")  # fmt: skip
-
-
-def run_experiment_command(args: argparse.Namespace) -> int:
-    """``spikebridge experiment FILE``: run every arm; results.md + plots in ``--out``."""
-    from spikebridge.experiments import parse_overrides, run_experiment
-
-    out = (
-        args.out
-        or Path(DEFAULT_RUNS_DIR) / "experiments" / f"{Path(args.file).stem}-{args.profile}"
-    )
-    overrides = parse_overrides(args.overrides)
-    result = run_experiment(args.file, args.profile, out, log=print_flush, overrides=overrides)
-    print(f"results: {result.get('results_md', out)}")
     return 0

@@ -13,7 +13,7 @@ import torch
 
 from spikebridge.config import TRAIN_SECTIONS, load_config
 from spikebridge.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR
-from spikebridge.engine import train_run
+from spikebridge.runs import train_run
 
 CHANCE = 0.10  # Fashion-MNIST: 10 balanced classes
 # Only what a user types for a first look; every training setting is the default.

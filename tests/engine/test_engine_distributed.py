@@ -26,10 +26,10 @@ from spikebridge.data.spec import DatasetInfo
 from spikebridge.data.synthetic import make_synthetic
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import distributed as ddp
-from spikebridge.engine.runs import train_run
 from spikebridge.engine.tasks import ClassificationTask
 from spikebridge.engine.train import Loaders, fit
 from spikebridge.models import build
+from spikebridge.runs.train import train_run
 
 GLOBAL_BATCH, WORLD = 8, 2
 INFO = DatasetInfo("synthetic", 4, 1, 16, (0.5,), (0.25,))

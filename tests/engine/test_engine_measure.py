@@ -14,11 +14,12 @@ from spikebridge.analysis import count_macs, energy_estimate, measure_snn
 from spikebridge.cli import main
 from spikebridge.config import TrainConfig, build_section
 from spikebridge.engine import ClassificationTask, fit, load_run
-from spikebridge.engine.runs import MEASURE_IMAGES, measure_run, setup_data
 from spikebridge.engine.train import TENSORBOARD_DIR, open_tensorboard
 from spikebridge.errors import ConfigError
 from spikebridge.models import build
 from spikebridge.nn.temporal import SpikingSite
+from spikebridge.runs.measure import MEASURE_IMAGES, measure_run
+from spikebridge.runs.setup import setup_data
 
 TINY = ["--dataset", "synthetic", "--model", "resnet20", "--width", "0.25", "--epochs", "1",
         "--subset", "128", "--batch-size", "32", "--no-progress", "--threads", "1"]  # fmt: skip

@@ -16,10 +16,10 @@ from spikebridge import demo
 from spikebridge.cli import main
 from spikebridge.config import TRAIN_SECTIONS, load_config
 from spikebridge.engine import checkpoint as ckpt
-from spikebridge.engine import eval_run, rundir, train_run, validate_run_dir
+from spikebridge.engine import rundir, validate_run_dir
 from spikebridge.engine.train import Trainer
 from spikebridge.errors import ConfigError, RunError
-from spikebridge.runs import conversion
+from spikebridge.runs import conversion, eval_run, train_run
 from spikebridge.runs.conversion import convert_run
 
 TINY_RUN = {

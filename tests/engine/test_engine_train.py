@@ -10,11 +10,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from spikebridge.config import TRAIN_SECTIONS, TrainConfig, load_config
 from spikebridge.data import DeviceLoader, load_splits
-from spikebridge.engine import ClassificationTask, Loaders, fit, progress, train_run
+from spikebridge.engine import ClassificationTask, Loaders, fit, progress
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine.train import Trainer
 from spikebridge.errors import ConfigError
 from spikebridge.models import build
+from spikebridge.runs import train_run
 
 
 @pytest.fixture(autouse=True)

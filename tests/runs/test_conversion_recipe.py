@@ -11,10 +11,11 @@ import torch
 from spikebridge.cli import main
 from spikebridge.config import TRAIN_SECTIONS, load_config
 from spikebridge.data import loader
-from spikebridge.engine import load_run, train_run
+from spikebridge.engine import load_run
 from spikebridge.engine.evaluate import evaluate
 from spikebridge.errors import ConfigError
 from spikebridge.methods.convert import convert
+from spikebridge.runs import train_run
 from spikebridge.runs.compare import compare_runs
 from spikebridge.runs.conversion import (
     calibration_images,

@@ -5,9 +5,9 @@ import torch
 
 from spikebridge.cli import main
 from spikebridge.engine import checkpoint as ckpt
-from spikebridge.engine.runs import train_run
 from spikebridge.errors import ConfigError
 from spikebridge.runs.idsnn import arm_name, distill_run
+from spikebridge.runs.train import train_run
 
 TINY = {"dataset": "synthetic", "model": "resnet20", "width": 0.25, "epochs": 1,
         "batch_size": 16, "val_size": 64, "schedule": "cosine", "progress": False}  # fmt: skip
