@@ -16,7 +16,7 @@ DESIGN "a run is a folder" and "checkpoints rebuild themselves". A training run 
   has one, and every reader requires it (:func:`spikebridge.engine.rundir.validate_run_dir`);
 - ``.lock``: locked (``flock``) by the process writing the folder (:mod:`.rundir`);
 - ``.spikebridge-files``: the names the writer created, each recorded before it is created
-  (:func:`spikebridge.engine.rundir.note_write`); spikebridge removes nothing else.
+  (:func:`note_write`); spikebridge removes nothing else.
 
 Every file is written to a temporary file in the same folder, flushed to disk and moved into
 place with ``os.replace``, so an interrupted write never leaves a half-written file behind.
@@ -29,6 +29,7 @@ import os
 import random
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from spikebridge.config import build_section
-from spikebridge.errors import ConfigError, ModelError, RunError
-from spikebridge.models import build_from_config
+from spikebridge.errors import ModelError, RunError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -60,10 +59,52 @@ TMP_SUFFIX = ".tmp"  # temporary files: ".<name>.<random>.tmp" beside their targ
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DDP / DataParallel
 
 
+# Kinds of record: a run folder, or the output folder of several runs (experiment, idsnn).
+RUN_RECORD, OUTPUTS_RECORD = "run", "outputs"
+MANIFEST_NOTE = (
+    "written by spikebridge: the files of this run, each recorded before it was created; a "
+    "failed or restarted run removes only these"
+)
+
+
+@dataclass
+class Attempt:
+    """A claimed folder: the names this attempt recorded, and whether the claim created the
+    folder and its lock file (so that a failure can take back exactly those)."""
+
+    path: Path
+    names: list[str]
+    created: bool
+    lock_created: bool
+
+
+# Folders claimed by this process (resolved) -> their attempt (see note_write).
+CLAIMED: dict[Path, Attempt] = {}
+
+
+def note_write(path: str | Path) -> None:
+    """Record ``path`` as this run's before it is created (write-ahead), when its folder is
+    claimed by this process; RunError when it exists and was not written by this run (it is
+    never overwritten). Every writer of a claimed folder calls this (atomic_write does)."""
+    path = Path(path)
+    attempt = CLAIMED.get(path.parent.resolve())
+    if attempt is None or path.name in attempt.names or path.name == MANIFEST_FILE:
+        return
+    if path.exists() or path.is_symlink():
+        raise RunError(
+            f"{str(path)!r} exists and was not written by this run, which never overwrites it; "
+            "move it away or choose another --out."
+        )
+    attempt.names.append(path.name)
+    save_record(path.parent, attempt.names)
+
+
+def save_record(run_dir: Path, names: list[str], kind: str = RUN_RECORD) -> None:
+    write_json(run_dir / MANIFEST_FILE, {"kind": kind, "written": names, "note": MANIFEST_NOTE})
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
-    from spikebridge.engine.rundir import note_write  # rundir reads this module's files
-
     path = Path(path)
     note_write(path)  # recorded before anything is created, or refused when not ours
     try:
@@ -254,40 +295,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "checkpoint; it cannot be resumed."
         )
     return state
-
-
-# ----------------------------------------------------------------------------- runs
-
-
-def load_run(
-    run_dir: str | Path, device: str | torch.device = "cpu", kind: str = "run"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a FINISHED run folder's model with its selected weights: ``(model in eval
-    mode, config)``.
-
-    The folder is checked first (:func:`spikebridge.engine.rundir.validate_run_dir` with
-    ``kind``: ``run``, or ``ann`` for readers that need an ANN): RunError names what is
-    missing or damaged (a folder without ``summary.json`` did not finish). ModelError when
-    the weights do not fit the model the config describes (first bad key and shape). A
-    converted run (``config.json`` has a ``conversion`` section) is rebuilt with
-    :func:`spikebridge.methods.convert.build_converted` (BN folded, biased convs).
-    """
-    from spikebridge.engine.rundir import validate_run_dir  # rundir reads this module's files
-
-    run_dir = Path(run_dir)
-    config = validate_run_dir(run_dir, kind)
-    try:
-        model_cfg = build_section("model", config.get("model", {}))
-    except ConfigError as exc:
-        raise RunError(
-            f"{str(run_dir / CONFIG_FILE)!r} describes no valid model: {str(exc).rstrip('.')}."
-        ) from None
-    state = load_weights(run_dir / BEST_WEIGHTS)
-    if "conversion" in config:  # a converted run: BN folded away (spikebridge convert)
-        from spikebridge.methods.convert import build_converted  # lazy: methods import engine
-
-        model = build_converted(model_cfg)
-    else:
-        model = build_from_config(model_cfg)
-    load_state_into(model, state, str(run_dir / BEST_WEIGHTS))
-    return model.to(device).eval(), config

@@ -11,7 +11,7 @@ processes and failures:
   behind never blocks a later run. (Without ``fcntl``, e.g. on Windows, there is no lock.)
 - **Ours only.** A writer touches nothing it did not write. Each name it creates in the
   folder is recorded in ``.spikebridge-files`` *before* the file is created
-  (:func:`note_write`, called by every atomic write), so even after a ``kill -9`` the record
+  (:func:`spikebridge.engine.checkpoint.note_write`, called by every atomic write), so even after a ``kill -9`` the record
   lists everything the attempt may have left. A non-empty folder without such a record (and
   without a checkpoint or summary) is not ours: ``--out`` naming it is refused with one
   sentence and the folder is left as it was; an existing file that was not recorded is never
@@ -41,24 +41,35 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
+from spikebridge.config import build_section
 from spikebridge.engine.checkpoint import (
     BEST_WEIGHTS,
     CHECKPOINT,
+    CLAIMED,
     CONFIG_FILE,
     LAST_WEIGHTS,
     LOCK_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
+    OUTPUTS_RECORD,
+    RUN_RECORD,
     SUMMARY_FILE,
     TMP_SUFFIX,
     TRAIN_STATE,
+    Attempt,
+    load_state_into,
+    load_weights,
     read_json,
+    save_record,
 )
 from spikebridge.errors import ConfigError, RunError, SpikebridgeError, mark_resumable
+from spikebridge.models import build_from_config
 
 try:
     import fcntl
@@ -74,27 +85,6 @@ RUN_KINDS = ("run", "ann", "results")
 # The files a run writes: in an unfinished folder of an older spikebridge (which kept no
 # record of what it wrote) these are taken as the run's own, so that --resume may rewrite them.
 RUN_FILES = (CONFIG_FILE, CHECKPOINT, METRICS_FILE, BEST_WEIGHTS, SUMMARY_FILE, LAST_WEIGHTS)
-# Kinds of record: a run folder, or the output folder of several runs (experiment, idsnn).
-RUN_RECORD, OUTPUTS_RECORD = "run", "outputs"
-MANIFEST_NOTE = (
-    "written by spikebridge: the files of this run, each recorded before it was created; a "
-    "failed or restarted run removes only these"
-)
-
-
-@dataclass
-class _Attempt:
-    """A claimed folder: the names this attempt recorded, and whether the claim created the
-    folder and its lock file (so that a failure can take back exactly those)."""
-
-    path: Path
-    names: list[str]
-    created: bool
-    lock_created: bool
-
-
-# Folders claimed by this process (resolved) -> their attempt (see note_write).
-_CLAIMED: dict[Path, _Attempt] = {}
 
 
 def run_status(run_dir: str | Path) -> str:
@@ -284,7 +274,7 @@ def claim_run_dir(
 ) -> Iterator[str]:
     """Lock ``run_dir`` for writing and yield its state (new, interrupted or finished); the
     lock is held until the block ends, and every file written into the folder meanwhile is
-    recorded first in ``.spikebridge-files`` (:func:`note_write`).
+    recorded first in ``.spikebridge-files`` (:func:`~spikebridge.engine.checkpoint.note_write`).
 
     Refused (:func:`check_claimable`, before anything is created): a non-empty folder that
     is not a spikebridge run folder, a finished run unless ``resume`` (the caller then returns
@@ -305,15 +295,15 @@ def claim_run_dir(
         status = run_status(path)
         check_claimable(path, status, resume, resumable)
         names = _start_attempt(path, status, (*RUN_FILES, *leftovers))
-        key, attempt = path.resolve(), _Attempt(path, names, created, lock_created)
-        _CLAIMED[key] = attempt
+        key, attempt = path.resolve(), Attempt(path, names, created, lock_created)
+        CLAIMED[key] = attempt
         try:
             yield NEW if status == UNSTARTED else status
         except BaseException as exc:
             _after_failure(attempt, exc, resumable)
             raise
         finally:
-            del _CLAIMED[key]
+            del CLAIMED[key]
 
 
 def check_claimable(run_dir: Path, status: str, resume: bool, resumable: bool = True) -> None:
@@ -389,31 +379,8 @@ def prepare_output_folder(path: str | Path, names: Iterable[str]) -> Path:
     except OSError as exc:
         raise RunError(f"cannot create folder {str(path)!r} ({exc.strerror}).") from None
     if MANIFEST_FILE not in entries:
-        _save_record(path, names, OUTPUTS_RECORD)
+        save_record(path, names, OUTPUTS_RECORD)
     return path
-
-
-def note_write(path: str | Path) -> None:
-    """Record ``path`` as this run's before it is created (write-ahead), when its folder is
-    claimed by this process; RunError when it exists and was not written by this run (it is
-    never overwritten). Every writer of a claimed folder calls this (atomic_write does)."""
-    path = Path(path)
-    attempt = _CLAIMED.get(path.parent.resolve())
-    if attempt is None or path.name in attempt.names or path.name == MANIFEST_FILE:
-        return
-    if path.exists() or path.is_symlink():
-        raise RunError(
-            f"{str(path)!r} exists and was not written by this run, which never overwrites it; "
-            "move it away or choose another --out."
-        )
-    attempt.names.append(path.name)
-    _save_record(path.parent, attempt.names)
-
-
-def _save_record(run_dir: Path, names: list[str], kind: str = RUN_RECORD) -> None:
-    from spikebridge.engine.checkpoint import write_json  # rundir reads this module's files
-
-    write_json(run_dir / MANIFEST_FILE, {"kind": kind, "written": names, "note": MANIFEST_NOTE})
 
 
 def _start_attempt(path: Path, status: str, run_files: Iterable[str]) -> list[str]:
@@ -429,11 +396,11 @@ def _start_attempt(path: Path, status: str, run_files: Iterable[str]) -> list[st
     if status in (NEW, UNSTARTED):
         _remove(path, names)
         names = []
-    _save_record(path, names)
+    save_record(path, names)
     return names
 
 
-def _after_failure(attempt: _Attempt, exc: BaseException, resumable: bool) -> None:
+def _after_failure(attempt: Attempt, exc: BaseException, resumable: bool) -> None:
     """After a failed block: an epoch committed -> mark a Ctrl-C resumable; else remove
     what this attempt recorded, then the record and lock file if this claim created the lock
     file and nothing else is left, and the folder if this claim created it."""
@@ -445,7 +412,7 @@ def _after_failure(attempt: _Attempt, exc: BaseException, resumable: bool) -> No
     _remove(path, attempt.names)
     attempt.names.clear()
     with suppress(SpikebridgeError, OSError):  # the original error is the one to report
-        _save_record(path, attempt.names)
+        save_record(path, attempt.names)
         if attempt.lock_created and not {p.name for p in path.iterdir()} - {
             LOCK_FILE, MANIFEST_FILE,
         }:  # fmt: skip
@@ -461,3 +428,38 @@ def _remove(run_dir: Path, names: Iterable[str]) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", kind: str = "run"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a FINISHED run folder's model with its selected weights: ``(model in eval
+    mode, config)``.
+
+    The folder is checked first (:func:`validate_run_dir` with
+    ``kind``: ``run``, or ``ann`` for readers that need an ANN): RunError names what is
+    missing or damaged (a folder without ``summary.json`` did not finish). ModelError when
+    the weights do not fit the model the config describes (first bad key and shape). A
+    converted run (``config.json`` has a ``conversion`` section) is rebuilt with
+    :func:`spikebridge.methods.convert.build_converted` (BN folded, biased convs).
+    """
+    run_dir = Path(run_dir)
+    config = validate_run_dir(run_dir, kind)
+    try:
+        model_cfg = build_section("model", config.get("model", {}))
+    except ConfigError as exc:
+        raise RunError(
+            f"{str(run_dir / CONFIG_FILE)!r} describes no valid model: {str(exc).rstrip('.')}."
+        ) from None
+    state = load_weights(run_dir / BEST_WEIGHTS)
+    if "conversion" in config:  # a converted run: BN folded away (spikebridge convert)
+        from spikebridge.methods.convert import build_converted  # lazy: methods import engine
+
+        model = build_converted(model_cfg)
+    else:
+        model = build_from_config(model_cfg)
+    load_state_into(model, state, str(run_dir / BEST_WEIGHTS))
+    return model.to(device).eval(), config

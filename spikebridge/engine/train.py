@@ -41,9 +41,9 @@ from spikebridge.config import OptimConfig, TrainConfig
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import distributed as ddp
 from spikebridge.engine import progress
+from spikebridge.engine.checkpoint import note_write
 from spikebridge.engine.distributed import evaluate_sharded as evaluate
 from spikebridge.engine.optim import build_optimizer, build_scheduler
-from spikebridge.engine.rundir import note_write
 from spikebridge.engine.tasks import Task
 from spikebridge.errors import ConfigError, ModelError
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from spikebridge.engine import checkpoint as ckpt
-from spikebridge.engine.checkpoint import load_run, save_weights, unwrap_state_dict
+from spikebridge.engine.checkpoint import save_weights, unwrap_state_dict
+from spikebridge.engine.rundir import load_run
 from spikebridge.errors import ModelError, RunError
 from spikebridge.models import ModelConfig, build_from_config
 
