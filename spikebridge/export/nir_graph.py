@@ -35,7 +35,7 @@ import torch
 from torch import fx, nn
 
 from spikebridge.errors import ModelError
-from spikebridge.export.nir import _GraphBuilder, _refuse, _sequential_step, _Value
+from spikebridge.export.nir_builder import _GraphBuilder, _refuse, _sequential_step, _Value
 from spikebridge.export.nir_pool import gated_max_pool
 from spikebridge.nn.temporal import SpikingSite
 

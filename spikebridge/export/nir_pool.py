@@ -48,7 +48,13 @@ import torch
 from torch import nn
 
 from spikebridge.errors import ModelError
-from spikebridge.export.nir import INTEGRATOR_GAIN, _GraphBuilder, _pair, _per_channel, _Value
+from spikebridge.export.nir_builder import (
+    INTEGRATOR_GAIN,
+    _GraphBuilder,
+    _pair,
+    _per_channel,
+    _Value,
+)
 
 MAX_GATE_WEIGHTS = 50_000_000
 """Largest number of weights one exported gate may add (200 MB of float32)."""
