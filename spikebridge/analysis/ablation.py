@@ -17,9 +17,18 @@ from typing import Any
 import torch
 
 from spikebridge.analysis.paired import paired_rows
-from spikebridge.experiments.idsnn import epochs_to_reach
 
 CONFIDENCE = 0.95
+
+
+def epochs_to_reach(curve: list[float | None], target: float | None) -> int | None:
+    """First epoch (1-based) whose test accuracy is >= ``target``; None if never."""
+    if target is None:
+        return None
+    for epoch, acc in enumerate(curve, start=1):
+        if acc is not None and acc >= target:
+            return epoch
+    return None
 
 
 def t_two_sided_cdf(t: float, df: int) -> float:

@@ -26,12 +26,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from spikebridge.analysis.ablation import epochs_to_reach
 from spikebridge.config import TRAIN_SECTIONS, Config, load_config
 from spikebridge.engine import checkpoint as ckpt
-from spikebridge.engine.runs import train_run
 from spikebridge.errors import ConfigError
 from spikebridge.experiments import merge, register_experiment
 from spikebridge.runs.idsnn import DISTILL_SECTIONS, STUDENT_DEFAULTS, distill_run
+from spikebridge.runs.train import train_run
 
 ARM_META = ("name", "reference")  # arm keys that are not config keys
 PLOT_FILE = "test_accuracy.png"
@@ -98,16 +99,6 @@ def run_arm(
             "summary": summary, "wall_s": time.perf_counter() - start,
             "milestones": list(config.optim.milestones), "schedule": config.optim.schedule,
             "test_by_epoch": [r["test_accuracy"] for r in history]}  # fmt: skip
-
-
-def epochs_to_reach(curve: list[float | None], target: float | None) -> int | None:
-    """First epoch (1-based) whose test accuracy is >= ``target``; None if never."""
-    if target is None:
-        return None
-    for epoch, acc in enumerate(curve, start=1):
-        if acc is not None and acc >= target:
-            return epoch
-    return None
 
 
 def add_convergence(arms: list[dict[str, Any]], baseline: str) -> float | None:

@@ -5,8 +5,9 @@ import json
 import pytest
 import yaml
 
+from spikebridge.analysis.ablation import epochs_to_reach
 from spikebridge.cli import main
-from spikebridge.experiments.idsnn import _schedule, add_convergence, epochs_to_reach
+from spikebridge.experiments.idsnn import _schedule, add_convergence
 
 TINY_SPEC = {
     "kind": "idsnn",
