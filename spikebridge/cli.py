@@ -209,6 +209,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "experiment": Subcommand(
         "run an experiment file (arms, results.md, plots): FILE [--profile cpu|full]",
+        add_experiment_arguments,
         run_experiment_command,
     ),
     "demo": Subcommand(
