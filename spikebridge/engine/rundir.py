@@ -11,11 +11,11 @@ processes and failures:
   behind never blocks a later run. (Without ``fcntl``, e.g. on Windows, there is no lock.)
 - **Ours only.** A writer touches nothing it did not write. Each name it creates in the
   folder is recorded in ``.spikebridge-files`` *before* the file is created
-  (:func:`spikebridge.engine.checkpoint.note_write`, called by every atomic write), so even after a ``kill -9`` the record
-  lists everything the attempt may have left. A non-empty folder without such a record (and
-  without a checkpoint or summary) is not ours: ``--out`` naming it is refused with one
-  sentence and the folder is left as it was; an existing file that was not recorded is never
-  overwritten.
+  (:func:`spikebridge.engine.checkpoint.note_write`, called by every atomic write), so even
+  after a ``kill -9`` the record lists everything the attempt may have left. A non-empty
+  folder without such a record (and without a checkpoint or summary) is not ours: ``--out``
+  naming it is refused with one sentence and the folder is left as it was; an existing file
+  that was not recorded is never overwritten.
 - **States.** A folder is ``new`` (absent, or no run file in it), ``unstarted``
   (``config.json`` but neither ``checkpoint.pt`` nor ``summary.json``: a run that failed or
   was killed before its first epoch was committed, or a conversion killed before

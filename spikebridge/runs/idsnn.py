@@ -344,7 +344,8 @@ def format_comparison(result: Mapping[str, Any]) -> str:
         if s:
             rows.append(
                 f"| {role} | {s.get('model')} | {s.get('timesteps')} | "
-                f"{format_percent(s.get('test_accuracy'))} | {format_percent(s.get('final_test_accuracy'))} "
+                f"{format_percent(s.get('test_accuracy'))} | "
+                f"{format_percent(s.get('final_test_accuracy'))} "
                 f"| {format_percent(s.get('best_test_accuracy'))} |"
             )
     return "\n".join(rows)
