@@ -19,12 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from spikebridge.runs.conversion import (
-    DEFAULT_CALIBRATION,
-    DEFAULT_SELECTION,
-    convert_run,
-    parse_timestep_list,
-)
+from spikebridge.runs.conversion import convert_run, parse_timestep_list
+from spikebridge.runs.conversion_config import DEFAULT_CALIBRATION, DEFAULT_SELECTION
 
 METHODS = ("qcfs", "robust", "ttrbr")
 UNTUNED = ("qcfs", "robust")
@@ -39,11 +35,12 @@ def converted(
     summary = out / "summary.json"
     if summary.is_file():
         return json.loads(summary.read_text())
-    options: dict[str, Any] = {"max_test_images": args.test_images}
+    options: dict[str, Any] = {"ann_run": ann, "method": method, "report_at": timesteps,
+                               "out": out, "device": "cpu", "test_images": args.test_images}  # fmt: skip
     if method == "ttrbr":
         options |= {"calibration_size": args.calibration_size,
                     "selection_size": args.selection_size}  # fmt: skip
-    return convert_run(ann, method, timesteps, out=out, device="cpu", **options)
+    return convert_run(options)
 
 
 def table(summaries: dict[str, dict[str, Any]], timesteps: list[int]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """SpikingJelly's side of ``user_cnn_vs_spikingjelly.py`` (peer environment only).
 
 Run by that benchmark with the peer venv's Python (``bash tools/peer-env.sh`` builds it),
-``tests/methods`` and ``benchmarks`` on ``PYTHONPATH``::
+``tests/conversion`` and ``benchmarks`` on ``PYTHONPATH``::
 
     .peer-venv/bin/python benchmarks/user_cnn_spikingjelly_side.py PAYLOAD.pt OUT.json
 

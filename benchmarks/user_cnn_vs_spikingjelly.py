@@ -3,7 +3,7 @@
 Trains three user CNNs briefly on a Fashion-MNIST subset (one torch thread), then converts
 each with the SAME weights, calibration images and test images on both sides:
 
-- spikebridge: ``spikebridge.methods.convert`` through the Python API (torch.fx graph
+- spikebridge: ``spikebridge.conversion.convert`` through the Python API (torch.fx graph
   conversion of a user model; METHODS 2.6 ``robust`` / ``maxnorm``, 2.4 ``ttrbr``).
   ``robust`` and ``maxnorm`` thresholds do not depend on T, so one run at the largest T
   gives the accuracy at every t (the first t steps of an IF network do not depend on how
@@ -13,7 +13,7 @@ each with the SAME weights, calibration images and test images on both sides:
   ``user_cnn_spikingjelly_side.py``, run in the peer environment (``bash
   tools/peer-env.sh`` builds ``.peer-venv``), in parallel with our side.
 
-The networks (``tests/methods/user_cnns.py``, plain torch): (a) ``sequential``, an
+The networks (``tests/conversion/user_cnns.py``, plain torch): (a) ``sequential``, an
 ``nn.Sequential`` with two MaxPools; (b) ``residual``, ``FashionCNN``, a custom forward
 with a residual add and two MaxPools; (c) ``deep``, ``DeepResidualCNN``, nine convs with
 three residual adds and two MaxPools. QCFS is left out: these ANNs have ReLU sites.
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "methods"))  # user_cnns: plain torch, both venvs
+sys.path.insert(0, str(ROOT / "tests" / "conversion"))  # user_cnns: plain torch, both venvs
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "user_cnn_vs_spikingjelly.json"
 TIMESTEPS = (1, 2, 4, 8, 16, 32)
@@ -190,16 +190,18 @@ def train_ann(name: str, data: dict, args: argparse.Namespace):  # type: ignore[
 
 def ours(ann, data: dict, method: str, timesteps: list[int], bs: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """spikebridge's accuracy at every t in ``timesteps`` for one method (see the docstring)."""
+    from spikebridge.conversion import convert, get_method, method_config
     from spikebridge.engine.evaluate import evaluate
-    from spikebridge.methods import convert
 
     loader = list(zip(data["test_x"].split(bs), data["test_y"].split(bs), strict=True))
-    if method != "ttrbr":
-        snn = convert(ann, method, data["calib"], max(timesteps))
+    if not get_method(method).tunes:  # one conversion, one pass, every t
+        snn, _ = convert(ann, method_config(method, timesteps=max(timesteps)), data["calib"])
         by_t = evaluate(snn, loader)["accuracy_by_timestep"]
         return {str(t): by_t[str(t)] for t in timesteps}
-    return {str(t): evaluate(convert(ann, "ttrbr", data["calib"], t), loader)["accuracy"]
-            for t in timesteps}  # fmt: skip
+    tuned = {
+        t: convert(ann, method_config(method, timesteps=t), data["calib"])[0] for t in timesteps
+    }
+    return {str(t): evaluate(snn, loader)["accuracy"] for t, snn in tuned.items()}
 
 
 def start_peer(anns: dict, data: dict, args: argparse.Namespace, work: Path) -> subprocess.Popen:

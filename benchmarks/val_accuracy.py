@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from spikebridge.analysis.paired import paired_rows
+from spikebridge.conversion.reference import clip_reference
 from spikebridge.data.loader import DeviceLoader
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import per_image_correct
-from spikebridge.methods.threshold_tuning import clip_reference
 from spikebridge.runs.conversion import run_data
 
 

@@ -44,7 +44,7 @@ from spikebridge.errors import ConfigError, SpikebridgeError, Terminated, resuma
 from spikebridge.experiments import parse_overrides, run_experiment
 from spikebridge.runs.analyze import add_analyze_arguments, run_analyze
 from spikebridge.runs.compare import add_compare_arguments, run_compare
-from spikebridge.runs.conversion import add_convert_arguments, run_convert
+from spikebridge.runs.convert_cli import add_convert_arguments, run_convert
 from spikebridge.runs.evaluate import eval_run
 from spikebridge.runs.idsnn import (
     add_distill_arguments,

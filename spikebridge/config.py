@@ -139,6 +139,7 @@ def _comments(cls: type) -> dict[str, str]:
 
 SECTIONS: dict[str, Section] = {}
 _FLAT: dict[str, tuple[str, str]] = {}  # flat name -> (section, field)
+_STANDALONE: dict[str, dict[str, tuple[str, str]]] = {}  # the same, per standalone section
 
 
 def register_section(
@@ -149,10 +150,14 @@ def register_section(
     choices: Mapping[str, Iterable[Any]] | None = None,
     flat_names: Mapping[str, str] | None = None,
     cli_hidden: Iterable[str] = (),
+    standalone: bool = False,
 ) -> Any:
     """Register dataclass ``cls`` as config section ``name`` (usable as a class decorator).
 
-    Flat names must be unique across sections: a clash is refused at import time.
+    Flat names must be unique across sections: a clash is refused at import time. A
+    ``standalone`` section (a command's only section, e.g. ``convert``) keeps its flat names
+    to itself, so its ``--timesteps`` or ``--out`` may mean what they mean for that command;
+    it cannot be combined with a section that uses the same names.
     """
 
     def register(cls: type) -> type:
@@ -161,11 +166,12 @@ def register_section(
             dict(flat_names or {}), frozenset(cli_hidden),
         )  # fmt: skip
         taken = {section.flat(n): (name, n) for n in section.field_names()}
-        clash = sorted((set(taken) | {name}) & (set(_FLAT) | set(SECTIONS)))
+        shared = set() if standalone else set(taken)  # a standalone section's names are its own
+        clash = sorted((shared | {name}) & (set(_FLAT) | set(SECTIONS)))
         if clash:
             raise ConfigError(f"config section {name!r} reuses the name {clash[0]!r}.")
         SECTIONS[name] = section
-        _FLAT.update(taken)
+        (_STANDALONE.setdefault(name, {}) if standalone else _FLAT).update(taken)
         return cls
 
     return register(cls) if cls is not None else register
@@ -442,7 +448,8 @@ def _convert(value: Any, kind: Any) -> Any:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise ValueError
-        return tuple(_convert(v, float) for v in items if not (isinstance(v, str) and not v))
+        item = (typing.get_args(kind) or (float,))[0]  # tuple[int, ...]: integers
+        return tuple(_convert(v, item) for v in items if not (isinstance(v, str) and not v))
     raise ValueError
 
 
@@ -514,10 +521,23 @@ def _resolve(key: str, value: Any, sections: tuple[str, ...]) -> list[tuple[str,
         return [_resolve_field(k, sub, v) for sub, v in value.items()]
     if "." in k and k.split(".", 1)[0] in sections:
         return [_resolve_field(*k.split(".", 1), value)]
-    if k in _FLAT and _FLAT[k][0] in sections:
-        return [(*_FLAT[k], value)]
-    valid = [flat for flat, (s, _) in _FLAT.items() if s in sections] + list(sections)
+    flat = _flat_names(sections)
+    if k in flat:
+        return [(*flat[k], value)]
+    valid = list(flat) + list(sections)
     raise _unknown(key, valid, sections)
+
+
+def _flat_names(sections: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    """``{flat name: (section, field)}`` of ``sections`` (standalone ones included)."""
+    names = {flat: owner for flat, owner in _FLAT.items() if owner[0] in sections}
+    for section in sections:
+        own = _STANDALONE.get(section, {})
+        if clash := sorted(set(own) & set(names)):
+            raise ConfigError(f"config section {section!r} cannot be used with another section "
+                              f"that also has {clash[0]!r}.")  # fmt: skip
+        names |= own
+    return names
 
 
 def _resolve_field(section: str, key: str, value: Any) -> tuple[str, str, Any]:
@@ -597,7 +617,7 @@ def preset_values(name: str | None, sections: Iterable[str]) -> dict[str, Any]:
         return {}
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}.")
-    owned = {flat for flat, (section, _) in _FLAT.items() if section in tuple(sections)}
+    owned = set(_flat_names(tuple(sections)))
     return {k: v for k, v in PRESETS[name].items() if k in owned}
 
 
@@ -614,8 +634,11 @@ def _default_text(value: Any) -> str:
     return str(value)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, sections: Iterable[str]) -> None:
-    """Add ``--config FILE.yaml`` and one option per field of each section (with help).
+def add_config_arguments(
+    parser: argparse.ArgumentParser, sections: Iterable[str], presets: bool = True
+) -> None:
+    """Add ``--config FILE.yaml``, ``--preset`` (when ``presets``; a command no preset is
+    for leaves it out) and one option per field of each section (with help).
 
     Options default to "not given" (``argparse.SUPPRESS``) so that only explicit ones
     override the YAML file; the field default is shown in the help text instead.
@@ -624,10 +647,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: Iterable[str
         "--config", metavar="FILE.yaml", help="YAML config (nested by section or flat keys); "
         "options given on the command line override it",
     )  # fmt: skip
-    parser.add_argument(
-        "--preset", choices=tuple(PRESETS), help="named recipe applied under --config and the "
-        "options (idsnn-paper: the IDSNN authors' SGD, 200 epochs, x0.1 at 60/120/160)",
-    )  # fmt: skip
+    if presets:
+        parser.add_argument(
+            "--preset", choices=tuple(PRESETS), help="named recipe applied under --config and "
+            "the options (idsnn-paper: the IDSNN authors' SGD, 200 epochs, x0.1 at 60/120/160)",
+        )  # fmt: skip
     for name in sections:
         section = SECTIONS[name]
         group = parser.add_argument_group(f"{name} options")
@@ -638,7 +662,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: Iterable[str
 
 def _add_field_option(group: Any, section: Section, f: dataclasses.Field[Any]) -> None:
     flat = section.flat(f.name)
-    shown = DEFAULT_SHOWN.get(f.name, _default_text(f.default))
+    shown = f.metadata.get("shown") or DEFAULT_SHOWN.get(f.name, _default_text(f.default))
     text = f"{section.help_of(f)} (default: {shown})".replace("%", "%%")
     kwargs: dict[str, Any] = dict(dest=f"{section.name}.{f.name}", default=argparse.SUPPRESS)
     choices = section.choices_of(f)

@@ -154,8 +154,9 @@ def _convert(
     ann_dir: Path, method: str, out: Path, timesteps: list[int], calibration: int,
     test_images: int, log: Callable[[str], None],
 ) -> Any:  # fmt: skip
-    return convert_run(ann_dir, method, timesteps, calibration, out=out,
-                       max_test_images=test_images, log=log)  # fmt: skip
+    options = {"ann_run": str(ann_dir), "method": method, "report_at": timesteps,
+               "calibration_size": calibration, "out": str(out), "test_images": test_images}  # fmt: skip
+    return convert_run(options, log=log)
 
 
 def _worker_init(threads: int, queue: SimpleQueue | None = None) -> None:

@@ -149,8 +149,8 @@ def timestep_curves(run: RunFiles) -> dict[str, dict[int, float]]:
 
 
 def read_error_table(csv_path: Path, timesteps: int) -> Any:
-    """Rebuild an :class:`~spikebridge.methods.error_analysis.ErrorTable` from its CSV."""
-    from spikebridge.methods.error_analysis import ErrorTable, LayerErrors
+    """Rebuild an :class:`~spikebridge.conversion.decomposition.ErrorTable` from its CSV."""
+    from spikebridge.conversion.decomposition import ErrorTable, LayerErrors
 
     types = {f.name: (str if f.name == "site" else float) for f in fields(LayerErrors)}
     with csv_path.open(newline="") as fh:
@@ -395,7 +395,7 @@ def _section_errors(run: RunFiles) -> list[str]:
     csv_path = run.path / ERRORS_CSV
     if not csv_path.is_file():
         return [*lines, f"No `{ERRORS_CSV}` in this folder (not a conversion analysis).", ""]
-    from spikebridge.methods.error_analysis import plot_errors
+    from spikebridge.analysis.conversion_errors import plot_errors
 
     table = read_error_table(csv_path, _error_timesteps(run))
     plot_errors(table, run.path / "errors.png")

@@ -444,7 +444,7 @@ def load_run(
     missing or damaged (a folder without ``summary.json`` did not finish). ModelError when
     the weights do not fit the model the config describes (first bad key and shape). A
     converted run (``config.json`` has a ``conversion`` section) is rebuilt with
-    :func:`spikebridge.methods.convert.build_converted` (BN folded, biased convs).
+    :func:`spikebridge.conversion.build_converted` (BN folded, biased convs).
     """
     run_dir = Path(run_dir)
     config = validate_run_dir(run_dir, kind)
@@ -456,7 +456,7 @@ def load_run(
         ) from None
     state = load_weights(run_dir / BEST_WEIGHTS)
     if "conversion" in config:  # a converted run: BN folded away (spikebridge convert)
-        from spikebridge.methods.convert import build_converted  # lazy: methods import engine
+        from spikebridge.conversion.folding import build_converted  # lazy: conversion is above
 
         model = build_converted(model_cfg)
     else:

@@ -13,25 +13,9 @@ Spec keys (YAML top level, profiles merged over it)::
     models: [resnet20, resnet110]
     blocks: [post-add, pre-add]
     methods: [maxnorm, robust, qcfs, ttrbr]
-    timesteps: [1, 2, 4, 8, 16, 32]
-    calibration_size: 1024          # training images for statistics / tuning
-    percentile: 99.99               # robust-norm percentile
-    tune_timesteps: [4, 8]          # ttrbr tuning T: one value = one conversion (null: the
-                                    # smallest T >= 4); a list = one conversion per value
-    test_images: null               # evaluate on the first N test images (null = all)
-    tune_guard: true                # ttrbr: put back a block whose output error grows
-    tune_phi: false                 # ttrbr: also tune φ
-    channelwise: null               # per-channel θ: null = on for ttrbr only, true / false = all
-    tune_bias: true                 # ttrbr: also try the per-channel input-current shift
-    compensate_stream: false        # ttrbr, pre-add: each block's last site corrects the
-                                    # residual stream's error (METHODS 2.4, ours)
-    tune_reference: select          # ttrbr: the network the sites aim at: ann, clip, auto
-                                    # (clip when T > the QCFS levels) or select (both tried,
-                                    # kept against untuned qcfs / robust on held-out images
-                                    # at every T; METHODS 2.4)
-    selection_size: 2000            # ttrbr, select: held-out labelled images that decide
-    tune_epochs: null               # ttrbr: epochs of output calibration (null = the default,
-                                    # 0 = off; METHODS 2.4 extension, ours)
+    report_at: [1, 2, 4, 8, 16, 32] # the t's of the table (one simulation at the largest)
+    tune_at: [4, 8]                 # a tuning method's T: one value = one conversion (null:
+                                    # the smallest t >= 4); a list = one conversion per value
     skip: {resnet110-post-add-qcfs: "why"}  # arms not run; the table says why
     collect_only: false             # true: train / convert nothing, tabulate what the folder
                                     # holds (slices run in parallel, then one table)
@@ -39,6 +23,14 @@ Spec keys (YAML top level, profiles merged over it)::
     activations: {relu: {}, qcfs: {qcfs_levels: 8, threshold: 2.0}}  # the ANNs to train per
                                     # (model, block), with their options
     device: auto
+
+Every other top-level key is a key of the ``convert`` config section
+(:mod:`~spikebridge.runs.conversion_config`): ``calibration_size``, ``selection_size``,
+``test_images``, ``data_dir`` and the methods' options (``percentile``, ``channelwise``,
+``tune_epochs``, ``tune_lr``, ...; each applies to the methods that have it, with their
+defaults where it is left out). An unknown key is refused with the nearest valid one. The
+old names ``timesteps`` (the list, now ``report_at``) and ``tune_timesteps`` (now
+``tune_at``) still work with a notice; ``tune_phi`` was removed (docs/CHANGELOG.md).
 
 ``ttrbr`` tunes at the T it is deployed at (METHODS 2.4). With a list ``tune_timesteps: [4,
 8]`` it is converted once per listed T (folders ``...-ttrbr-t<T>``): cell ``t`` of its row
@@ -53,41 +45,78 @@ folders, also reused when finished), ``results.md``, ``results.json`` and ``accu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from spikebridge.conversion import METHODS, get_method
+from spikebridge.conversion.registry import nearest
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.errors import ConfigError, SpikebridgeError
-from spikebridge.experiments import register_experiment
-from spikebridge.methods.convert import METHODS
-from spikebridge.runs.conversion import DEFAULT_SELECTION, DEFAULT_TIMESTEPS, convert_run
+from spikebridge.experiments import experiment_kind, register_experiment
+from spikebridge.runs.conversion import convert_run
+from spikebridge.runs.conversion_config import (
+    DEFAULT_REPORT_AT,
+    METHOD_OPTIONS,
+    RUN_OPTIONS,
+    convert_config,
+    method_options,
+)
 from spikebridge.runs.train import train_run
 
-METHOD_ACTIVATIONS = {
-    "maxnorm": ("relu",),
-    "robust": ("relu",),
-    "qcfs": ("qcfs",),
-    "ttrbr": ("relu", "qcfs"),
-}
-"""Which ANN activations each method is applied to (on a qcfs ANN, statistics are capped at
-λ, so maxnorm / robust would give θ = λ: the qcfs row)."""
+# The run keys an experiment sets per conversion itself (the rest of the convert section's
+# keys are top-level spec keys). Which ANN activations a method is applied to is its
+# ``ann_activations`` (on a qcfs ANN, statistics are capped at λ, so maxnorm / robust would
+# give θ = λ: the qcfs row).
+PER_CONVERSION = ("ann_run", "method", "report_at", "timesteps", "tune_at", "out", "device")
+CONVERT_KEYS = tuple(k for k in (*RUN_OPTIONS, *METHOD_OPTIONS) if k not in PER_CONVERSION)
+RENAMED = {"timesteps": "report_at", "tune_timesteps": "tune_at"}
 STRUCTURES = ("post-add", "pre-add")
 PLOT_FILE = "accuracy_vs_t.png"
+
+
+def _renamed(spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """The spec with the old key names moved to the new ones (a notice each); ConfigError
+    for ``tune_phi`` (removed) and for a key the kind does not have (nearest valid one)."""
+    if "tune_phi" in spec:
+        raise ConfigError(
+            "the experiment sets 'tune_phi', which was removed: tuning φ measured to do nothing "
+            "(-0.09 points, p = 0.77; docs/CHANGELOG.md); delete the key."
+        )
+    check_keys(spec)
+    spec = dict(spec)
+    for old, new in RENAMED.items():
+        if old in spec:
+            log(f"warning: the experiment key {old!r} is deprecated; use {new!r}")
+            spec.setdefault(new, spec.pop(old))
+    return spec
+
+
+def check_keys(spec: dict[str, Any]) -> None:
+    """ConfigError naming the nearest valid key for a spec key no conversion experiment has."""
+    kind = experiment_kind("conversion")
+    for key in spec:
+        if key not in kind.keys:
+            raise ConfigError(f"the conversion experiment has no key {key!r}" + nearest(
+                key, [k for k in kind.keys if k not in ("tune_phi", *RENAMED)]))  # fmt: skip
 
 
 def _check_spec(spec: dict[str, Any]) -> tuple[list[str], list[str], list[str], list[int]]:
     models = list(spec.get("models") or [])
     blocks = list(spec.get("blocks") or STRUCTURES)
     methods = list(spec.get("methods") or METHODS)
-    timesteps = sorted({int(t) for t in spec.get("timesteps") or DEFAULT_TIMESTEPS})
+    timesteps = sorted({int(t) for t in spec.get("report_at") or DEFAULT_REPORT_AT})
     if not models:
         raise ConfigError("the conversion experiment has no 'models:'; expected e.g. [resnet20].")
-    bad = [b for b in blocks if b not in STRUCTURES] + [m for m in methods if m not in METHODS]
+    bad = [b for b in blocks if b not in STRUCTURES]
     if bad:
-        raise ConfigError(f"unknown block or method {bad[0]!r}; expected {STRUCTURES} / {METHODS}.")
+        raise ConfigError(f"unknown block {bad[0]!r}; expected one of {STRUCTURES}.")
+    for method in methods:
+        get_method(method)  # ConfigError naming the nearest registered method
+    _run_config(spec, "", methods[0], [1], None)  # every option checked before any training
     return models, blocks, methods, timesteps
 
 
@@ -119,11 +148,11 @@ def _convert(
     spec: dict[str, Any], out_dir: Path, ann_dir: Path, method: str, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """Convert (or reuse) one ANN with one method; returns the (combined) summary."""
-    timesteps = spec.get("timesteps") or DEFAULT_TIMESTEPS
-    tune = spec.get("tune_timesteps")
-    if method != "ttrbr" or not isinstance(tune, list) or not tune:
+    timesteps = spec["report_at"]
+    tune = spec.get("tune_at")
+    if not get_method(method).tunes or not isinstance(tune, list) or not tune:
         if isinstance(tune, list):  # a tuning list means nothing to the other methods
-            spec = {**spec, "tune_timesteps": None}
+            spec = {**spec, "tune_at": None}
         name = f"{ann_dir.name}-{method}"
         return _convert_once(spec, out_dir / "conversions" / name, ann_dir, method, log)
     tune_ts = sorted({int(t) for t in tune})
@@ -134,7 +163,7 @@ def _convert(
         low = tune_ts[i - 1] if i else 0
         wanted = [u for u in timesteps if low < u <= upto] or [t]
         try:
-            parts[t] = _convert_once({**spec, "tune_timesteps": t}, run_dir, ann_dir, method,
+            parts[t] = _convert_once({**spec, "tune_at": t}, run_dir, ann_dir, method,
                                      log, timesteps=sorted({*wanted, t}))  # fmt: skip
         except NotRunError:
             continue
@@ -173,19 +202,24 @@ def _convert_once(
     if (run_dir / ckpt.CONFIG_FILE).is_file():  # an interrupted conversion: start it again
         (run_dir / ckpt.CONFIG_FILE).unlink()
     log(f"converting {ann_dir.name} with {method} into {run_dir.name}")
-    return convert_run(
-        ann_dir, method, timesteps or spec.get("timesteps") or DEFAULT_TIMESTEPS,
-        int(spec.get("calibration_size", 1024)), float(spec.get("percentile", 99.99)),
-        spec.get("channelwise"), bool(spec.get("tune_phi", False)),
-        spec.get("tune_timesteps"), run_dir, spec.get("device", "auto"),
-        max_test_images=spec.get("test_images"),
-        tune_guard=bool(spec.get("tune_guard", True)), log=log,
-        tune_bias=bool(spec.get("tune_bias", True)),
-        compensate_stream=bool(spec.get("compensate_stream", False)),
-        tune_reference=str(spec.get("tune_reference", "select")),
-        tune_epochs=None if spec.get("tune_epochs") is None else int(spec["tune_epochs"]),
-        selection_size=int(spec.get("selection_size", DEFAULT_SELECTION)),
-    )  # fmt: skip
+    report_at = timesteps or spec["report_at"]
+    return convert_run(_run_config(spec, str(ann_dir), method, report_at, run_dir), log=log)
+
+
+def _run_config(
+    spec: dict[str, Any], ann_run: str, method: str, report_at: list[int], out: Path | None
+) -> Any:
+    """The typed ``convert`` config of one conversion: the spec's convert keys (a method
+    option only for the methods that have it), this conversion's run, method, t's and folder."""
+    tune_at = spec.get("tune_at")
+    values = {k: spec[k] for k in CONVERT_KEYS if k in spec} | {
+        "ann_run": ann_run, "method": method, "report_at": list(report_at),
+        "tune_at": None if isinstance(tune_at, list) else tune_at,
+        "out": None if out is None else str(out), "device": spec.get("device", "auto"),
+    }  # fmt: skip
+    config = convert_config(values)  # every key and value checked
+    dropped = set(METHOD_OPTIONS) - set(method_options(config, strict=False))
+    return dataclasses.replace(config, **dict.fromkeys(dropped))
 
 
 class NotRunError(SpikebridgeError):
@@ -210,7 +244,7 @@ def _safe_row(
     """One conversion's row; a refused conversion (e.g. a diverged ANN) becomes an error row."""
     arm, method = what
     try:
-        return _row(arm, _convert(spec, out_dir, ann_dir, method, log), spec["timesteps"])
+        return _row(arm, _convert(spec, out_dir, ann_dir, method, log), spec["report_at"])
     except NotRunError as exc:
         ann = ckpt.read_json(ann_dir / ckpt.SUMMARY_FILE).get("test_accuracy")
         return _error_row(arm, method, ann, f"not run: {exc}")
@@ -234,10 +268,8 @@ def _activations(spec: dict[str, Any]) -> list[str]:
 
 
 SPEC_KEYS = (
-    "dataset", "models", "blocks", "methods", "timesteps", "calibration_size", "percentile",
-    "tune_timesteps", "test_images", "tune_guard", "tune_phi", "channelwise", "tune_bias",
-    "compensate_stream", "tune_reference", "selection_size", "tune_epochs", "skip",
-    "collect_only", "train", "activations", "device", "data_dir",
+    "dataset", "models", "blocks", "methods", "report_at", "tune_at", "skip", "collect_only",
+    "train", "activations", "device", *CONVERT_KEYS, *RENAMED, "tune_phi",
 )  # fmt: skip
 OUTPUTS = ("anns", "conversions", "results.md", "results.json", PLOT_FILE)
 
@@ -245,13 +277,14 @@ OUTPUTS = ("anns", "conversions", "results.md", "results.json", PLOT_FILE)
 @register_experiment("conversion", SPEC_KEYS, config_keys=("train",), outputs=OUTPUTS)
 def run_conversion(spec: dict[str, Any], out_dir: Path, log: Callable[[str], None]) -> dict:
     """Run the depth x structure x method sweep (see the module docstring)."""
+    spec = _renamed(spec, log)
     models, blocks, methods, timesteps = _check_spec(spec)
-    spec = {**spec, "timesteps": timesteps}
+    spec = {**spec, "report_at": timesteps}
     start, rows = time.perf_counter(), []
     for model in models:
         for block in blocks:
             for act in _activations(spec):
-                wanted = [m for m in methods if act in METHOD_ACTIVATIONS[m]]
+                wanted = [m for m in methods if act in get_method(m).ann_activations]
                 if not wanted:
                     continue
                 arm = (model, block, act)

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from spikebridge.conversion.folding import folded_conv
 from spikebridge.errors import ConfigError, ModelError
-from spikebridge.methods.graph import folded_conv
 from spikebridge.nn.neurons import SpikingNeuron
 from spikebridge.nn.temporal import SpikingSite
 
@@ -84,7 +84,7 @@ def _firing_level(level: float, strict: bool) -> np.float32:
 
 def _fold_bn(conv: nn.Conv2d, bn: nn.Module | None) -> tuple[np.ndarray, np.ndarray]:
     """Conv weight and bias with an eval-mode BatchNorm folded in (the conversion's own
-    :func:`~spikebridge.methods.graph.folded_conv`, computed in float64)."""
+    :func:`~spikebridge.conversion.folding.folded_conv`, computed in float64)."""
     if isinstance(bn, nn.BatchNorm2d):
         conv = folded_conv(conv, bn)
     bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)

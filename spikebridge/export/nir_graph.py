@@ -40,7 +40,7 @@ from spikebridge.export.nir_pool import gated_max_pool
 from spikebridge.nn.temporal import SpikingSite
 
 TIME_MODULES = ("StepEncoder", "StepAverage")
-"""Class names of the conversion's time modules (``spikebridge.methods.graph``)."""
+"""Class names of the conversion's time modules (``spikebridge.conversion.fx_time``)."""
 
 _POOL_FUNCTIONS = {
     torch.nn.functional.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,

@@ -1,8 +1,8 @@
 """NIR form of the conversion's rate-gated max pooling (``GatedMaxPool2d``), exact on spikes.
 
 NIR 1.0 has no max-pooling node (its pools are ``AvgPool2d`` and ``SumPool2d``), and
-neither peer maps one. The gate of :class:`~spikebridge.methods.graph.GatedMaxPool2d`
-(described in the :mod:`spikebridge.methods.graph` docstring) is nonetheless a logical
+neither peer maps one. The gate of :class:`~spikebridge.conversion.fx_time.GatedMaxPool2d`
+(described in the :mod:`spikebridge.conversion.fx_graph` docstring) is nonetheless a logical
 function of spike counts, which threshold neurons compute exactly. When the pool's input
 is a spiking site's output ``x_t = θ_c·s_t`` (``s ∈ {0, 1}``, one θ per channel), per
 window and step the gate passes ``θ_c·s_{j*,t}`` of the position ``j*`` whose key

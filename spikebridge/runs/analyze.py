@@ -9,19 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from spikebridge.analysis.conversion_errors import plot_errors
 from spikebridge.config import check_count
+from spikebridge.conversion import convert, decompose_errors, get_method, method_config
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import rundir
 from spikebridge.errors import ConfigError
-from spikebridge.methods.convert import convert
-from spikebridge.methods.error_analysis import decompose_errors, plot_errors
-from spikebridge.runs.conversion import (
-    DEFAULT_CALIBRATION,
-    OURS_NOTE,
-    calibration_images,
-    check_request,
-    run_data,
-)
+from spikebridge.runs.conversion import OURS_NOTE, calibration_images, run_data
+from spikebridge.runs.conversion_config import DEFAULT_CALIBRATION
 from spikebridge.runs.setup import resolve_device
 
 # What analyze writes into a folder of its own (report.md: what `spikebridge report` adds).
@@ -59,7 +54,7 @@ def analyze_run(
     ann, ann_config = (rundir.load_run(ann_dir, dev)) if conv else (model, config)
     T = int(timesteps or (conv or {}).get("tune_timesteps") or 4)
     if conv is None:
-        check_request(str(method), [T])
+        method_cfg = method_config(str(method), timesteps=T)  # ConfigError: unknown name or T
     out_dir = Path(out) if out else Path(run_dir)
     if conv is None and out is None:
         out_dir = Path(run_dir) / f"analysis-{method}-t{T}"
@@ -69,10 +64,10 @@ def analyze_run(
         rundir.prepare_output_folder(out_dir, ANALYSIS_OUTPUTS)
     splits, _, seed = run_data(ann_config)
     if conv is None:
-        calib = (
-            None if method == "qcfs" else calibration_images(splits, calibration_size, seed, dev)
-        )
-        model = convert(ann, str(method), calib, T)
+        calib = None
+        if get_method(str(method)).needs_calibration:
+            calib = calibration_images(splits, calibration_size, seed, dev)
+        model, _ = convert(ann, method_cfg, calib)
     table = decompose_errors(ann, model, calibration_images(splits, images, seed + 1, dev), T)
     text = f"# Per-layer conversion error, T = {T}, {images} images\n\n{OURS_NOTE}.\n\n"
     ckpt.write_text(out_dir / "errors.md", text + table.to_markdown() + "\n")

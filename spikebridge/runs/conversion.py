@@ -7,28 +7,26 @@
 decomposition (2.3) and the pre-add block (2.5) -- is **our design** built on the abstract
 of the TTRBR paper (no code or full text was available).
 
-Choices where the spec is silent:
+The run's options are one typed config (:mod:`~spikebridge.runs.conversion_config`:
+which T's, how many images, the method's options). Choices where the spec is silent:
 
 - calibration images are ``N`` (default 1024) images of the ANN run's TRAINING split, drawn
   with a seeded permutation, normalized, never augmented;
-- ``ttrbr`` tunes thresholds at ONE ``tune_timesteps`` (default: the smallest requested
-  T >= 4, else the largest requested T) -- tuning at every T would multiply the cost;
-  the same converted model is then simulated once at the largest T and its accuracy is
-  reported at every t <= T (one causal pass, METHODS 3);
-- ``ttrbr``'s thresholds are chosen per ANN (``select``, our design): one copy tuned
+- a tuning method (ttrbr) tunes at ONE T, ``tune_at``; the same converted model is then
+  simulated once at T and its accuracy is reported at every t <= T (one causal pass,
+  METHODS 3);
+- a method that chooses on held-out images (ttrbr's ``select``, our design: one copy tuned
   towards the ANN, one towards its clip twin, and the untuned ``qcfs`` / ``robust``
-  thresholds are scored at every requested T on up to 2000 held-out labelled images -- the
-  ANN run's validation split when it has one (images its training never saw), else training
-  images outside any calibration draw; never test images -- and the most accurate at the
-  tuning T of the sets not significantly below the best untuned one at any requested T is
-  kept (METHODS 2.4); a requested T where it still trails another candidate there is said
-  in one line;
+  thresholds scored at every reported t) gets up to ``selection_size`` labelled images --
+  the ANN run's validation split when it has one (images its training never saw), else
+  training images outside any calibration draw; never test images; a reported t where the
+  kept thresholds still trail another candidate is said in one line (METHODS 2.4);
 - the ANN's accuracy is re-measured on the same test images (not read from its summary).
 
 A converted run folder holds ``config.json`` (the ANN run's data/train sections, the
 converted ``model`` section with ``neuron="if"`` and a ``conversion`` section),
 ``model.safetensors`` (folded weights + thresholds), ``conversion.md`` and, written last,
-``summary.json``; :func:`spikebridge.engine.load_run` reloads it. The ``--ann`` input must be
+``summary.json``; :func:`spikebridge.engine.load_run` reloads it. The ANN run (RUN) must be
 a finished ANN run folder; ``--out`` is locked while the conversion runs, and a conversion
 that failed or was killed before ``summary.json`` is started again by the same command
 (:mod:`spikebridge.engine.rundir`).
@@ -36,10 +34,9 @@ that failed or was killed before ``summary.json`` is started again by the same c
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,32 +45,23 @@ from torch import nn
 
 from spikebridge.analysis.report import measurement_rows
 from spikebridge.config import DEFAULT_RUNS_DIR, build_section, check_count
+from spikebridge.conversion import convert, method_of
+from spikebridge.conversion.selection import selection_markdown, trails_note
 from spikebridge.data import DeviceLoader, load_splits
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import evaluate
 from spikebridge.engine.memory import check_simulation_fits
 from spikebridge.errors import ConfigError
-from spikebridge.methods.convert import (
-    METHODS,
-    TUNE_REFERENCES,
-    convert,
-    resolve_channelwise,
-    selects_reference,
+from spikebridge.runs.conversion_config import (
+    build_method_config,
+    convert_config,
+    default_tune_at,
+    report_steps,
 )
-from spikebridge.methods.output_calibration import (
-    DEFAULT_EPOCHS,
-    DEFAULT_LR,
-    DEFAULT_SCHEDULE,
-    SCHEDULES,
-)
-from spikebridge.methods.reference_selection import selection_markdown, trails_note
 from spikebridge.runs.measure import measure_run
 from spikebridge.runs.setup import eval_batch, resolve_device
 
-DEFAULT_CALIBRATION = 1024
-DEFAULT_SELECTION = 2000  # held-out labelled images for tune_reference "select"
-DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32)
 REPORT_FILE = "conversion.md"
 CALIBRATION_STREAM = 7919  # offsets the run seed so calibration draws differ from splits
 OURS_NOTE = "ttrbr (threshold tuning + pre-add blocks) is our design on the TTRBR abstract"
@@ -157,24 +145,8 @@ def eval_loader(  # type: ignore[no-untyped-def]
 # ----------------------------------------------------------------------------- convert
 
 
-def default_tune_timesteps(timesteps: Sequence[int]) -> int:
-    """The smallest requested T >= 4, else the largest requested T."""
-    at_least_4 = [t for t in timesteps if t >= 4]
-    return min(at_least_4) if at_least_4 else max(timesteps)
-
-
-def check_request(method: str, timesteps: Sequence[int]) -> list[int]:
-    """The sorted distinct T asked for; ConfigError for an unknown method or a T < 1."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown conversion method {method!r}; expected one of {METHODS}.")
-    wanted = sorted({int(t) for t in timesteps})
-    if not wanted or wanted[0] < 1:
-        raise ConfigError(f"timesteps are {list(timesteps)}; expected integers >= 1.")
-    return wanted
-
-
 def _out_dir(out: str | Path | None, ann_run: Path, method: str) -> Path:
-    """``--out`` or ``runs/<ann>-<method>-<time>``; refused early when it is a file or holds
+    """``out`` or ``runs/<ann>-<method>-<time>``; refused early when it is a file or holds
     a run (an unfinished conversion is started again: rundir.claim_run_dir)."""
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -199,101 +171,86 @@ def _report_markdown(summary: dict[str, Any], snn: nn.Module) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _calibration_epochs(snn: nn.Module) -> int:
-    calibration = snn.conversion_report.calibration  # type: ignore[attr-defined]
-    return 0 if calibration is None else calibration.epochs
-
-
-def convert_run(
-    ann_run: str | Path,
-    method: str,
-    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
-    calibration_size: int = DEFAULT_CALIBRATION,
-    percentile: float = 99.99,
-    channelwise: bool | None = None,
-    tune_phi: bool = False,
-    tune_timesteps: int | None = None,
-    out: str | Path | None = None,
-    device: str = "auto",
-    batch_size: int | None = None,
-    data_dir: str | None = None,
-    max_test_images: int | None = None,
-    tune_guard: bool = True,
-    log: Callable[[str], None] = print,
-    tune_bias: bool = True,
-    compensate_stream: bool = False,
-    tune_reference: str = "select",
-    tune_epochs: int | None = None,
-    tune_lr: float = DEFAULT_LR,
-    tune_schedule: str = DEFAULT_SCHEDULE,
-    selection_size: int = DEFAULT_SELECTION,
-) -> dict[str, Any]:
-    """Convert an ANN run folder's model with ``method``; write and return the summary.
-
-    Simulates once at ``max(timesteps)``; ``summary["accuracy_by_timestep"]`` holds every
-    ``t <= max(timesteps)`` (fractions). ``ttrbr`` tunes at ``tune_timesteps`` (see the
-    module docstring). ``max_test_images``: evaluate on the first N test images only
-    (for CPU budgets; the ANN is evaluated on the same images). Bad method / timesteps ->
-    ConfigError; an ``ann_run`` that is not a finished ANN run folder -> RunError.
-    """
-    wanted = check_request(method, timesteps)
-    for option, value in (("--test-images", max_test_images), ("--batch-size", batch_size),
-                          ("--calibration-size", calibration_size),
-                          ("--selection-size", selection_size)):  # fmt: skip
+def _check_counts(config: Any) -> None:
+    for option, value in (("--test-images", config.test_images),
+                          ("--batch-size", config.batch_size),
+                          ("--calibration-size", config.calibration_size),
+                          ("--selection-size", config.selection_size)):  # fmt: skip
         check_count(option, value)
-    channelwise = resolve_channelwise(method, channelwise)
-    tune_t = int(tune_timesteps or default_tune_timesteps(wanted))
-    ann_run = Path(ann_run)
-    dev = resolve_device(device)
-    ann, config = rundir.load_run(ann_run, dev, kind="ann")  # a finished ANN run, or RunError
-    out_dir = _out_dir(out, ann_run, method)
-    splits, data, seed = run_data(config, data_dir)
+
+
+def convert_run(config: Mapping[str, Any] | Any, log: Callable[[str], None] = print) -> dict:
+    """Convert an ANN run folder's model; write the converted run folder, return its summary.
+
+    ``config``: a :data:`~spikebridge.runs.conversion_config.ConvertConfig` or a mapping
+    of its keys, e.g. ``{"ann_run": "runs/ann", "method": "ttrbr", "report_at": [1, 2, 4]}``.
+    Simulates once at T (``timesteps``); ``summary["accuracy_by_timestep"]`` holds every
+    t <= T (fractions). A tuning method tunes at ``tune_at`` (see
+    :mod:`~spikebridge.runs.conversion_config`). Bad options -> ConfigError; an ``ann_run``
+    that is not a finished ANN run folder -> RunError.
+    """
+    config = convert_config(config)
+    if config.ann_run is None:
+        raise ConfigError("convert needs the trained ANN run folder (RUN); none was given.")
+    wanted, T = report_steps(config)
+    _check_counts(config)
+    tune_t = int(config.tune_at or default_tune_at(wanted))
+    method_cfg = build_method_config(config, tune_t, wanted)
+    method = method_of(method_cfg)
+    ann_run, dev = Path(config.ann_run), resolve_device(config.device)
+    ann, ann_config = rundir.load_run(ann_run, dev, kind="ann")  # a finished ANN run, or RunError
+    out_dir = _out_dir(config.out, ann_run, method.name)
+    splits, data, seed = run_data(ann_config, config.data_dir)
     snn_cfg = dataclasses.replace(ann.config, neuron="if")  # the network simulated below
-    size, t_max = eval_batch(data, batch_size), max(wanted)
-    check_simulation_fits(snn_cfg, splits.info.image_size, size, t_max, dev.type)
-    calib = calibration_images(splits, calibration_size, seed, dev) if method != "qcfs" else None
+    check_simulation_fits(snn_cfg, splits.info.image_size, eval_batch(data, config.batch_size),
+                          T, dev.type)  # fmt: skip
+    calib = None
+    if method.needs_calibration:
+        calib = calibration_images(splits, config.calibration_size, seed, dev)
     held_out, source = None, None
-    if method == "ttrbr" and selects_reference(tune_reference):
-        held_out, source = selection_images(splits, selection_size, seed, dev, calibration_size)
+    if method.needs_held_out(method_cfg):
+        held_out, source = selection_images(
+            splits, config.selection_size, seed, dev, config.calibration_size
+        )
     claim = rundir.claim_run_dir(out_dir, resume=False, resumable=False, leftovers=(REPORT_FILE,))
     with claim:  # --out locked until summary.json, written last, makes the folder finished
         start = time.perf_counter()
-        snn = convert(
-            ann, method, calib, tune_t, percentile, 0.5, channelwise, tune_phi,
-            tune_guard=tune_guard, tune_bias=tune_bias and method == "ttrbr",
-            compensate_stream=compensate_stream and method == "ttrbr",
-            tune_reference=tune_reference, tune_epochs=tune_epochs if method == "ttrbr" else 0,
-            tune_lr=tune_lr, tune_schedule=tune_schedule, selection_data=held_out,
-            selection_timesteps=wanted,
-        )  # fmt: skip
+        snn, report = convert(ann, method_cfg, calib, held_out=held_out)
         convert_s = time.perf_counter() - start
-        loader = eval_loader(splits, data, seed, dev, batch_size, max_test_images)
+        loader = eval_loader(splits, data, seed, dev, config.batch_size, config.test_images)
         ann_acc = evaluate(ann, loader)["accuracy"]
-        result = evaluate(snn, loader, timesteps=max(wanted))
-        epochs = _calibration_epochs(snn)
-        options = {
-            "ann_run": str(ann_run), "method": method, "timesteps": wanted,
-            "tune_timesteps": tune_t if method == "ttrbr" else None,
-            "calibration_size": calibration_size if calib is not None else 0,
-            "percentile": percentile, "channelwise": channelwise, "tune_phi": tune_phi,
-            "tune_guard": tune_guard if method == "ttrbr" else None,
-            "tune_bias": tune_bias if method == "ttrbr" else None,
-            "compensate_stream": compensate_stream if method == "ttrbr" else None,
-            "tune_reference": snn.conversion_report.reference if method == "ttrbr" else None,
-            "tune_epochs": epochs, "tune_lr": tune_lr if epochs else None,
-            "tune_schedule": tune_schedule if epochs else None,
-        }  # fmt: skip
-        summary = _conversion_summary(options, ann_acc, result, convert_s, config, out_dir)
+        result = evaluate(snn, loader, timesteps=T)
+        options = _options(config, method_cfg, report, wanted, T, calib is not None)
+        summary = _conversion_summary(options, ann_acc, result, convert_s, ann_config, out_dir)
         _add_report_parts(summary, snn, source)
         # firing, SOPs and energy at every t from one pass at the largest T; the top-level
         # figures at the deployment T (measured_timesteps) (METHODS 3)
-        sim_t = max(*wanted, tune_t)
-        summary.update(measure_run(snn, loader, timesteps=sim_t, headline_t=tune_t))
-        _write_converted(out_dir, config, snn, options, summary, max(wanted))
+        summary.update(measure_run(snn, loader, timesteps=max(T, tune_t), headline_t=tune_t))
+        _write_converted(out_dir, ann_config, snn, options, summary, T)
     log(format_accuracy_table(summary))
     if trails := selection_warning(summary):
         log(trails)
     return summary
+
+
+def _options(
+    config: Any, method_cfg: Any, report: Any, wanted: list[int], T: int, calibrated: bool
+) -> dict[str, Any]:
+    """What the run did, as recorded in config.json and summary.json: the run's choices and
+    every option of the method's config (its defaults written out)."""
+    method = method_of(method_cfg)
+    options = {
+        "ann_run": str(config.ann_run), "method": method.name, "timesteps": T,
+        "report_at": wanted, "tune_timesteps": method_cfg.timesteps if method.tunes else None,
+        "calibration_size": config.calibration_size if calibrated else 0,
+        "phi": method_cfg.phi, **method_cfg.options(),
+    }  # fmt: skip
+    options.pop("select_at", None)  # = report_at
+    if "tune_reference" in options:  # what a selecting method kept
+        options["tune_reference"] = report.reference
+    if report.calibration is None and "tune_epochs" in options:  # no output calibration ran
+        options |= {"tune_epochs": 0, "tune_lr": None}
+    return options
 
 
 def _conversion_summary(
@@ -340,9 +297,12 @@ def selection_warning(summary: dict[str, Any]) -> str | None:
 def format_accuracy_table(summary: dict[str, Any]) -> str:
     """``method  ANN  T=1 ... T=T`` as a compact fixed-width table: accuracy (percent) and,
     when measured, the firing rate, SOPs and energy estimate per image at each t (over the
-    first t steps; the ANN column: its MACs and energy)."""
+    first t steps; the ANN column: its MACs and energy). The t's: ``report_at`` (folders made
+    before it was recorded: the ``timesteps`` list) and the last one."""
     by_t = summary["accuracy_by_timestep"]
-    shown = [t for t in by_t if int(t) in summary.get("timesteps", []) or int(t) == len(by_t)]
+    reported = summary.get("report_at", summary.get("timesteps"))
+    reported = reported if isinstance(reported, list) else []
+    shown = [t for t in by_t if int(t) in reported or int(t) == len(by_t)]
     head = f"{'method':<8} {'ANN':>7} " + " ".join(f"{'T=' + t:>7}" for t in shown)
     row = f"{summary['method']:<8} {100 * summary['ann_accuracy']:>6.2f}% " + " ".join(
         f"{100 * by_t[t]:>6.2f}%" for t in shown
@@ -350,11 +310,8 @@ def format_accuracy_table(summary: dict[str, Any]) -> str:
     return "\n".join([head, row, *measurement_rows(summary, shown)])
 
 
-# ----------------------------------------------------------------------------- CLI
-
-
 def parse_timestep_list(text: str) -> list[int]:
-    """``"1,2,4,8"`` -> [1, 2, 4, 8] (a --timesteps option of convert / compare)."""
+    """``"1,2,4,8"`` -> [1, 2, 4, 8] (compare's --timesteps list)."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -362,81 +319,3 @@ def parse_timestep_list(text: str) -> list[int]:
     if not values:
         raise ConfigError("--timesteps is empty; expected a list like 1,2,4,8.")
     return values
-
-
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``spikebridge convert``."""
-    parser.add_argument("--ann", required=True, metavar="RUN", help="trained ANN run folder")
-    parser.add_argument("--method", required=True, help="maxnorm (Diehl 2015), robust "
-                        "(Rueckauer 2017), qcfs (Bu 2022, needs a clip/qcfs ANN) or ttrbr "
-                        "(OUR design on the TTRBR abstract: threshold + bias tuning, then output "
-                        "calibration, METHODS 2.4)")  # fmt: skip
-    parser.add_argument("--timesteps", default="1,2,4,8,16,32",
-                        help="report these T (one simulation at the largest; every t <= max "
-                        "is in summary.json) (default: 1,2,4,8,16,32)")  # fmt: skip
-    parser.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION,
-                        help="training images for statistics / tuning (default: 1024)")  # fmt: skip
-    parser.add_argument("--percentile", type=float, default=99.99,
-                        help="robust-norm percentile (robust; ReLU sites under ttrbr)")  # fmt: skip
-    parser.add_argument("--channelwise", action=argparse.BooleanOptionalAction, default=None,
-                        help="per-channel thresholds (default: on for ttrbr, off for maxnorm "
-                        "and robust; qcfs has one λ per layer)")  # fmt: skip
-    parser.add_argument("--tune-phi", action="store_true",
-                        help="ttrbr (ours): also tune the initial potential φ")  # fmt: skip
-    parser.add_argument("--tune-timesteps", type=int,
-                        help="ttrbr (ours): T the thresholds are tuned at (default: the "
-                        "smallest requested T >= 4, else the largest)")  # fmt: skip
-    parser.add_argument("--no-tune-guard", dest="tune_guard", action="store_false",
-                        help="ttrbr (ours): keep every tuned threshold even where a residual "
-                        "block's output error grows (default: such a block is put back)")  # fmt: skip
-    parser.add_argument("--tune-bias", action=argparse.BooleanOptionalAction, default=True,
-                        help="ttrbr (ours): also try shifting each site's input current by the "
-                        "mean ANN-SNN current gap per channel, folded into the conv bias "
-                        "(default: on)")  # fmt: skip
-    parser.add_argument("--compensate-stream", action=argparse.BooleanOptionalAction,
-                        default=False,
-                        help="ttrbr (ours), pre-add ResNets: each block's last site also "
-                        "corrects the error the residual stream carries (default: off)")  # fmt: skip
-    parser.add_argument("--tune-reference", choices=TUNE_REFERENCES, default="select",
-                        help="ttrbr (ours): the network the sites aim at: the ANN as trained, "
-                        "its clip twin (QCFS sites as clip(z, 0, λ), what IF rates approach as T "
-                        "grows), auto (clip when T exceeds the QCFS levels) or select (tune "
-                        "towards both, score them and the untuned qcfs / robust thresholds at "
-                        "every --timesteps T on held-out labelled images: the ANN run's "
-                        "validation split, else training images outside the calibration draw; "
-                        "keep the most accurate at the tuning T of those not significantly "
-                        "below the best untuned one at any T; twice the tuning time) "
-                        "(default: select)")  # fmt: skip
-    parser.add_argument("--selection-size", type=int, default=DEFAULT_SELECTION,
-                        help="ttrbr with --tune-reference select: at most this many held-out "
-                        f"images decide (default: {DEFAULT_SELECTION})")  # fmt: skip
-    parser.add_argument("--tune-epochs", type=int, default=None,
-                        help="ttrbr (ours): after the per-site search, fit every site's "
-                        "per-channel threshold scale and input shift to the ANN's outputs by "
-                        "surrogate gradients for this many epochs; 0 = off (default: "
-                        f"{DEFAULT_EPOCHS})")  # fmt: skip
-    parser.add_argument("--tune-lr", type=float, default=DEFAULT_LR,
-                        help=f"ttrbr (ours): Adam learning rate of that fit (default: {DEFAULT_LR})")  # fmt: skip
-    parser.add_argument("--tune-schedule", choices=SCHEDULES, default=DEFAULT_SCHEDULE,
-                        help="ttrbr (ours): that fit's rate schedule, cosine decay to 0 or "
-                        f"constant (default: {DEFAULT_SCHEDULE})")  # fmt: skip
-    parser.add_argument("--out", help="converted run folder (default: runs/<ann>-<method>-<time>)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
-    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
-    parser.add_argument("--test-images", type=int,
-                        help="evaluate on the first N test images only (default: all)")  # fmt: skip
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    """``spikebridge convert``: convert, evaluate at every t, write the run folder."""
-    summary = convert_run(
-        args.ann, args.method, parse_timestep_list(args.timesteps), args.calibration_size,
-        args.percentile, args.channelwise, args.tune_phi, args.tune_timesteps, args.out,
-        args.device, args.batch_size, max_test_images=args.test_images,
-        tune_guard=args.tune_guard, tune_bias=args.tune_bias,
-        compensate_stream=args.compensate_stream, tune_reference=args.tune_reference,
-        tune_epochs=args.tune_epochs, tune_lr=args.tune_lr, tune_schedule=args.tune_schedule,
-        selection_size=args.selection_size,
-    )  # fmt: skip
-    print(f"run folder: {summary['run_dir']}")
-    return 0

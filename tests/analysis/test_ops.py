@@ -231,7 +231,7 @@ def test_measure_ann_reports_macs_only_and_errors() -> None:
 
 def _converted_cnn(timesteps: int) -> nn.Module:
     """A user CNN (conv, ReLU, strided conv, ReLU, linear) converted to IF neurons (robust)."""
-    from spikebridge.methods.convert import convert
+    from spikebridge.conversion import RobustConfig, convert
 
     torch.manual_seed(0)
     ann = nn.Sequential(
@@ -240,7 +240,7 @@ def _converted_cnn(timesteps: int) -> nn.Module:
         nn.Flatten(), nn.Linear(5 * 4 * 4, 7),
     ).eval()  # fmt: skip
     calibration = torch.rand(32, 1, 8, 8)
-    return convert(ann, "robust", calibration, timesteps)
+    return convert(ann, RobustConfig(timesteps=timesteps), calibration)[0]
 
 
 def test_converted_sops_per_t_are_cumulative_and_match_spikes_times_fan_out() -> None:

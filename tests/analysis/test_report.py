@@ -12,7 +12,7 @@ from spikebridge.analysis.report import (
     write_report,
 )
 from spikebridge.cli import main
-from spikebridge.methods.error_analysis import ErrorTable, LayerErrors
+from spikebridge.conversion.decomposition import ErrorTable, LayerErrors
 
 TINY = ["--dataset", "synthetic", "--model", "resnet20", "--width", "0.25", "--epochs", "1",
         "--subset", "128", "--batch-size", "32", "--no-progress", "--threads", "1",

@@ -121,7 +121,7 @@ def test_convert_and_analyze_refuse_a_foreign_folder(tmp_path, capsys):
     assert main(["train", *TINY_ARGS, "--epochs", "1", "--out", str(ann)]) == 0
     out = tmp_path / "mine"
     before = foreign_files(out)
-    argv = ["convert", "--ann", str(ann), "--method", "maxnorm", "--device", "cpu"]
+    argv = ["convert", str(ann), "--method", "maxnorm", "--device", "cpu"]
     assert main([*argv, "--out", str(out)]) == 2
     assert "not a spikebridge run folder" in one_line(capsys)
     argv = ["analyze", str(ann), "--method", "maxnorm", "--device", "cpu", "--images", "8"]

@@ -46,7 +46,8 @@ def reference(tmp_path_factory):
 @pytest.fixture(scope="module")
 def converted(reference, tmp_path_factory):
     out = tmp_path_factory.mktemp("conv") / "maxnorm"
-    convert_run(reference, "maxnorm", [1, 2], 32, out=out, device="cpu", max_test_images=64,
+    options = {"calibration_size": 32, "out": out, "device": "cpu", "test_images": 64}
+    convert_run({"ann_run": reference, "method": "maxnorm", "report_at": [1, 2], **options},
                 **QUIET)  # fmt: skip
     return out
 
@@ -239,7 +240,7 @@ def reader_commands(run, other, tmp_path):
         "export": ["export", str(run)],
         "compare": ["compare", str(other), str(run), "--device", "cpu"],
         "analyze": ["analyze", str(run), "--method", "maxnorm", "--device", "cpu"],
-        "convert": ["convert", "--ann", str(run), "--method", "maxnorm", "--device", "cpu",
+        "convert": ["convert", str(run), "--method", "maxnorm", "--device", "cpu",
                     "--out", str(tmp_path / "out")],
         "distill": ["distill", "--teacher", str(run), *TINY_ARGS, "--neuron", "lif",
                     "--out", str(tmp_path / "out")],
@@ -272,7 +273,7 @@ def test_a_damaged_config_or_summary_is_one_sentence(reference, tmp_path, capsys
 
 
 def test_convert_refuses_a_spiking_input(converted, tmp_path, capsys):
-    argv = ["convert", "--ann", str(converted), "--method", "maxnorm", "--out", str(tmp_path / "o")]
+    argv = ["convert", str(converted), "--method", "maxnorm", "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     assert "holds a spiking network; expected an ANN run" in one_error_line(capsys)
 
@@ -290,13 +291,15 @@ def test_a_conversion_cut_before_its_summary_is_unfinished_and_reruns(
     with monkeypatch.context() as patch:
         patch.setattr(conversion, "_write_converted", killed_before_summary)
         with pytest.raises(KeyboardInterrupt):
-            convert_run(reference, "maxnorm", [1, 2], 32, out=out, device="cpu", **QUIET)
+            options = {"calibration_size": 32, "out": out, "device": "cpu"}
+            convert_run({"ann_run": reference, "method": "maxnorm", "report_at": [1, 2],
+                         **options}, **QUIET)  # fmt: skip
     assert not out.exists()  # the failed conversion removed what it had written
     cut = copy_run(converted, out, drop=(ckpt.SUMMARY_FILE,))  # the same, cut by kill -9
     assert demo._finished(cut) is None and demo._finished(converted) is not None
     assert main(["eval", str(cut), "--device", "cpu"]) == 2
     assert "its conversion did not finish" in one_error_line(capsys)
-    argv = ["convert", "--ann", str(reference), "--method", "maxnorm", "--timesteps", "1,2",
+    argv = ["convert", str(reference), "--method", "maxnorm", "--report-at", "1,2",
             "--calibration-size", "32", "--test-images", "64", "--device", "cpu", "--out", str(cut)]  # fmt: skip
     assert main(argv) == 0  # the same command starts it again
     assert json.loads((cut / ckpt.SUMMARY_FILE).read_text()) == demo._finished(cut)

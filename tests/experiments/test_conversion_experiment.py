@@ -14,7 +14,7 @@ dataset: synthetic
 models: [resnet20]
 blocks: [pre-add]
 methods: [robust, qcfs]
-timesteps: [1, 2, 4]
+report_at: [1, 2, 4]
 device: cpu
 activations:
   relu: {}
@@ -103,7 +103,7 @@ def test_ttrbr_is_tuned_at_each_timestep(finished):
     out = run_experiment(
         root / "tiny.yaml", "cpu", root / "out3", log=quiet,
         overrides=parse_overrides(["methods=[qcfs, ttrbr]", "activations.relu=null",
-                                   "tune_timesteps=[1, 2]"]),
+                                   "tune_at=[1, 2]", "tune_epochs=1", "tune_lr=0.02"]),
     )  # fmt: skip
     qcfs_row, row = out["rows"]  # the tuning list leaves the other methods alone
     assert qcfs_row["method"] == "qcfs" and qcfs_row["tune_timesteps"] is None
@@ -112,6 +112,10 @@ def test_ttrbr_is_tuned_at_each_timestep(finished):
     t1 = json.loads((conv / "resnet20-pre-add-qcfs-ttrbr-t1" / "summary.json").read_text())
     t2 = json.loads((conv / "resnet20-pre-add-qcfs-ttrbr-t2" / "summary.json").read_text())
     assert (t1["tune_timesteps"], t2["tune_timesteps"]) == (1, 2)
+    assert (t1["tune_lr"], t1["tune_epochs"]) == (0.02, 1)  # the file reaches every option
+    assert "tune_lr" not in json.loads(
+        (conv / "resnet20-pre-add-qcfs-qcfs" / "summary.json").read_text()
+    )  # an option of ttrbr only: qcfs converted with its own options
     assert set(t1["accuracy_by_timestep"]) == {"1"}  # simulated only as far as it serves
     assert row["accuracy_by_timestep"] == {"1": t1["accuracy_by_timestep"]["1"],
                                            **{k: v for k, v in t2["accuracy_by_timestep"].items()
@@ -140,3 +144,29 @@ def test_unknown_method_in_the_spec_is_a_config_error(tmp_path):
     (tmp_path / "bad.yaml").write_text(TINY_YAML.replace("[robust, qcfs]", "[robust, magic]"))
     with pytest.raises(ConfigError, match="magic"):
         run_experiment(tmp_path / "bad.yaml", "cpu", tmp_path / "out", log=quiet)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("tune_epoch: 2", "has no key 'tune_epoch'; did you mean 'tune_epochs'?"),
+        ("percentile: 99.99\ntune_phi: true", "'tune_phi', which was removed"),
+        ("tune_reference: teacher", "'tune_reference' is 'teacher'; expected one of"),
+        ("selection_size: many", "'selection_size' is 'many'; expected an integer"),
+    ],
+)
+def test_unknown_or_bad_keys_in_the_file_are_refused_before_any_training(tmp_path, line, message):
+    (tmp_path / "bad.yaml").write_text(TINY_YAML.replace("device: cpu", f"device: cpu\n{line}"))
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
+        run_experiment(tmp_path / "bad.yaml", "cpu", tmp_path / "out", log=quiet)
+    assert not (tmp_path / "out" / "anns").exists()
+
+
+def test_old_key_names_work_with_a_notice(finished, monkeypatch):
+    root, results = finished
+    old = TINY_YAML.replace("report_at: [1, 2, 4]", "timesteps: [1, 2, 4]")
+    (root / "old.yaml").write_text(old)
+    lines = []
+    again = run_experiment(root / "old.yaml", "cpu", root / "out", log=lines.append)
+    assert "warning: the experiment key 'timesteps' is deprecated; use 'report_at'" in lines
+    assert again["rows"] == results["rows"]  # the same folder: every conversion reused

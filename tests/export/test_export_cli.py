@@ -58,7 +58,7 @@ def test_export_lif_run(lif_run, tmp_path):
 
 def test_export_converted_run(ann_run, tmp_path):
     converted = tmp_path / "converted"
-    args = ["convert", "--ann", str(ann_run), "--method", "maxnorm", "--timesteps", "2",
+    args = ["convert", str(ann_run), "--method", "maxnorm", "--timesteps", "2",
             "--calibration-size", "32", "--out", str(converted), "--device", "cpu"]  # fmt: skip
     if main(args) != 0:
         pytest.skip("spikebridge convert could not make a converted run folder here")

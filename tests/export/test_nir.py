@@ -420,13 +420,14 @@ def test_import_of_missing_or_broken_files_is_refused(tmp_path: Path) -> None:
 
 
 def test_converted_model_with_folded_batchnorm_exports_and_matches() -> None:
-    convert = pytest.importorskip("spikebridge.methods.convert")
+    from spikebridge.conversion import fold_batchnorm
+
     torch.manual_seed(0)
     model = _randomize_bn(MODELS["if-pre-add"]())
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         before = model.forward_steps(images).double()
-    convert.fold_batchnorm(model)  # BN -> Identity, convs get a bias (converted layout)
+    fold_batchnorm(model)  # BN -> Identity, convs get a bias (converted layout)
     graph = export_nir(model, None, input_shape=(3, 16, 16))
     assert graph.nodes["conv1"].metadata["folded_batchnorm"] is False
     assert np.abs(graph.nodes["conv1"].bias).max() > 0

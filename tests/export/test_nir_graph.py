@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from test_nir import _randomize_bn, _simulate
 from torch import fx, nn
 
+from spikebridge.conversion.fx_time import GatedMaxPool2d
 from spikebridge.errors import ModelError
-from spikebridge.methods.graph import GatedMaxPool2d
 from spikebridge.nn import IF, SpikingSite, fold
 
 pytest.importorskip("nir")

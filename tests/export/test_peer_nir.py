@@ -33,9 +33,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spikebridge.conversion import convert, method_config
 from spikebridge.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, load_fashion_mnist
 from spikebridge.data.synthetic import make_synthetic
-from spikebridge.methods.convert import convert
 from spikebridge.models import build
 from spikebridge.nn import fold
 
@@ -135,7 +135,7 @@ def _peer_logits(
 def test_converted_resnet_predicts_the_same_in_both_peers(
     method: str, ann: torch.nn.Module, data: dict[str, torch.Tensor], tmp_path: Path
 ) -> None:
-    snn = convert(ann, method, _normalize(data["train"][:256], data), T)
+    snn, _ = convert(ann, method_config(method, timesteps=T), _normalize(data["train"][:256], data))
     thresholds = [m.neuron.threshold for m in snn.modules() if hasattr(m, "neuron")]
     if method == "ttrbr":  # the features the portable form must carry
         assert all(th.dim() == 1 and th.numel() > 1 for th in thresholds)
@@ -145,10 +145,11 @@ def test_converted_resnet_predicts_the_same_in_both_peers(
 def test_converted_user_cnn_predicts_the_same_in_both_peers(
     data: dict[str, torch.Tensor], tmp_path: Path
 ) -> None:
-    pytest.importorskip("spikebridge.methods.graph", reason="user CNN conversion not here")
     torch.manual_seed(0)
     ann = _trained(UserCNN(), data)
-    snn = convert(ann, "robust", _normalize(data["train"][:256], data), T)
+    snn, _ = convert(
+        ann, method_config("robust", timesteps=T), _normalize(data["train"][:256], data)
+    )
     assert isinstance(snn, torch.fx.GraphModule)
     _check_peers(snn, "user-cnn robust", data, tmp_path)
 
@@ -230,7 +231,7 @@ def test_converted_maxpool_cnn_predicts_the_same_in_both_peers(
         ann_says = maxpool_ann(_normalize(fashion["test"], fashion)).argmax(1)
     accuracy = (ann_says == fashion["labels_test"]).float().mean().item()
     print(f"\nmaxpool-cnn ANN accuracy {accuracy:.4f} on {N_TEST}", end="")
-    snn = convert(maxpool_ann, method, calibration, steps)
+    snn, _ = convert(maxpool_ann, method_config(method, timesteps=steps), calibration)
     assert sum("GatedMaxPool2d" in type(m).__name__ for m in snn.modules()) == 2
     _check_peers(snn, f"maxpool-cnn {method}", fashion, tmp_path, limits=method == "robust")
 

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from spikebridge.conversion.sites import eval_mode, model_device
 from spikebridge.errors import DataError
-from spikebridge.methods.error_analysis import eval_mode, model_device
 
 Labelled = list[tuple[torch.Tensor, torch.Tensor]]
 ALPHA = 0.05  # a candidate significantly below the best untuned one at a T is not kept
@@ -208,7 +208,7 @@ def trails_note(trails: dict[str, str]) -> str | None:
     )
     return (
         f"note: on the held-out images ttrbr's kept thresholds were below another candidate "
-        f"at {where}; convert with --tune-timesteps at the T you deploy"
+        f"at {where}; convert with --tune-at at the T you deploy"
     )
 
 

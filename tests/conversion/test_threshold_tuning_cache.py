@@ -6,11 +6,10 @@ import copy
 
 import pytest
 import torch
-from conversion_helpers import calibrate_bn
+from conversion_helpers import calibrate_bn, convert_by_name
 
-import spikebridge.methods.threshold_tuning as tt
-from spikebridge.methods.convert import convert
-from spikebridge.methods.error_analysis import snn_sites
+import spikebridge.conversion.tuning as tt
+from spikebridge.conversion.sites import snn_sites
 from spikebridge.models import build
 from spikebridge.nn.temporal import unfold
 
@@ -21,7 +20,7 @@ def test_cached_and_uncached_tuning_agree(monkeypatch, block, activation) -> Non
     ann = calibrate_bn(build("resnet20", width=0.25, block=block, activation=activation,
                             threshold=2.0), torch.randn(16, 3, 16, 16))  # fmt: skip
     x = torch.randn(10, 3, 16, 16)
-    snn = convert(ann, "robust" if activation == "relu" else "qcfs", x, 3)
+    snn = convert_by_name(ann, "robust" if activation == "relu" else "qcfs", x, 3)
     fast, slow = copy.deepcopy(snn), copy.deepcopy(snn)
     assert tt._segment_plan(ann, fast, tt.paired_sites(ann, fast)) is not None
     rep_fast = tt.tune_thresholds(ann, fast, x, 3, batch_size=4, guard=False)
@@ -76,7 +75,7 @@ def test_block_guard_never_lets_a_block_output_error_grow(monkeypatch) -> None: 
     torch.manual_seed(4)
     ann = calibrate_bn(build("resnet20", width=0.25, block="pre-add"), torch.randn(16, 3, 16, 16))
     x = torch.randn(8, 3, 16, 16)
-    snn = convert(ann, "robust", x, 4)
+    snn = convert_by_name(ann, "robust", x, 4)
     start = {n: s.neuron.threshold.clone() for n, s in snn_sites(snn)}
     original = tt._tune_site
 

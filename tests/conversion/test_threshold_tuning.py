@@ -7,17 +7,17 @@ import math
 
 import pytest
 import torch
-from conversion_helpers import calibrate_bn
+from conversion_helpers import calibrate_bn, convert_by_name
 
-from spikebridge.errors import ConfigError
-from spikebridge.methods.convert import convert
-from spikebridge.methods.error_analysis import capture, decompose_errors, quantized_rate
-from spikebridge.methods.threshold_tuning import (
+from spikebridge.conversion.decomposition import decompose_errors, quantized_rate
+from spikebridge.conversion.sites import capture
+from spikebridge.conversion.tuning import (
     clip_reference,
     feeding_conv,
     resolve_reference,
     tune_thresholds,
 )
+from spikebridge.errors import ConfigError
 from spikebridge.models import build
 from spikebridge.nn.activations import QCFS, Clip
 from spikebridge.nn.temporal import unfold
@@ -31,7 +31,7 @@ def _robust_pair(seed: int, images: int, block: str = "post-add"):  # type: igno
     ann = build("resnet20", width=0.25, block=block)
     x = torch.randn(images, 3, 16, 16)
     calibrate_bn(ann, x)
-    return ann, convert(ann, "robust", x, 4), x
+    return ann, convert_by_name(ann, "robust", x, 4), x
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +78,17 @@ def test_first_site_choice_matches_brute_force_on_constant_current(pair) -> None
     assert math.isclose(report.rows[0].loss_before, losses[GRID.index(1.0)], rel_tol=1e-4)
 
 
-def test_channelwise_and_phi_tuning(pair) -> None:  # type: ignore[no-untyped-def]
+def test_channelwise_tuning(pair) -> None:  # type: ignore[no-untyped-def]
     ann, robust_snn, x = pair
     layer = tune_thresholds(ann, copy.deepcopy(robust_snn), x, 4, grid=GRID)
     snn = copy.deepcopy(robust_snn)
-    report = tune_thresholds(ann, snn, x, 4, grid=GRID, channelwise=True, tune_phi=True)
+    report = tune_thresholds(ann, snn, x, 4, grid=GRID, channelwise=True)
     assert all(r.loss_after <= r.loss_before for r in report.rows)
     assert snn.act1.neuron.threshold.shape == (4,) and snn.act1.neuron.phi.shape == (4,)
-    # Same inputs at the first site: the per-channel (θ, φ) search contains the layer-wise one.
+    assert torch.all(snn.act1.neuron.phi == robust_snn.act1.neuron.phi)  # φ is not tuned
+    # Same inputs at the first site: the per-channel θ search contains the layer-wise one.
     assert report.rows[0].loss_after <= layer.rows[0].loss_after + 1e-12
-    assert report.tune_phi and report.channelwise and "| act1 |" in report.to_markdown()
+    assert report.channelwise and "| act1 |" in report.to_markdown()
 
 
 def test_grid_without_one_still_keeps_the_start_and_bad_grids_are_refused(pair) -> None:  # type: ignore[no-untyped-def]
@@ -96,8 +97,6 @@ def test_grid_without_one_still_keeps_the_start_and_bad_grids_are_refused(pair) 
     assert all(r.loss_after <= r.loss_before for r in report.rows)
     with pytest.raises(ConfigError, match="positive"):
         tune_thresholds(ann, copy.deepcopy(robust_snn), x, 4, grid=(0.0, 1.0))
-    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
-        tune_thresholds(ann, copy.deepcopy(robust_snn), x, 4, tune_phi=True, phi_grid=(1.5,))
 
 
 @pytest.mark.parametrize("channelwise", [False, True])
@@ -128,25 +127,27 @@ def test_bias_shift_never_increases_the_loss_and_is_folded_into_the_conv(pair, c
 
 
 def test_feeding_conv_names_the_conv_before_each_site() -> None:
-    snn = convert(
+    snn = convert_by_name(
         build("resnet20", width=0.25, block="pre-add"), "maxnorm", torch.randn(2, 3, 8, 8), 2
     )
     assert feeding_conv(snn, "act1") is snn.conv1
     assert feeding_conv(snn, "stages.0.1.act2") is snn.stages[0][1].conv2
     assert feeding_conv(snn, "stages.1.0.shortcut.act") is snn.stages[1][0].shortcut.conv
     assert feeding_conv(snn, "stages.9.0.act1") is None
-    bottleneck = convert(build("resnet164", width=0.25), "maxnorm", torch.randn(2, 3, 8, 8), 2)
+    bottleneck = convert_by_name(
+        build("resnet164", width=0.25), "maxnorm", torch.randn(2, 3, 8, 8), 2
+    )
     assert feeding_conv(bottleneck, "stages.2.3.act3") is bottleneck.stages[2][3].conv3
 
 
 def test_tune_bias_is_refused_for_other_methods(pair) -> None:  # type: ignore[no-untyped-def]
     ann, _, x = pair
     with pytest.raises(ConfigError, match="tune_bias"):
-        convert(ann, "robust", x, 4, tune_bias=True)
+        convert_by_name(ann, "robust", x, 4, tune_bias=True)
 
 
 def test_block_guard_also_puts_back_the_bias_shift(pair, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import spikebridge.methods.threshold_tuning as tt
+    import spikebridge.conversion.tuning as tt
 
     ann, robust_snn, x = pair
     monkeypatch.setattr(tt, "_segment_outputs", _guard_always_fires(tt._segment_outputs))
@@ -210,7 +211,7 @@ def test_compensate_stream_is_a_no_op_on_post_add_blocks(pair) -> None:  # type:
 def test_compensate_stream_is_refused_where_it_cannot_apply(pair) -> None:  # type: ignore[no-untyped-def]
     ann, robust_snn, x = pair
     with pytest.raises(ConfigError, match="compensate_stream"):
-        convert(ann, "qcfs", x, 4, compensate_stream=True)
+        convert_by_name(ann, "qcfs", x, 4, compensate_stream=True)
     with pytest.raises(ConfigError, match="ResNets"):
         tune_thresholds(torch.nn.Sequential(ann), robust_snn, x, 4, compensate_stream=True)
 
@@ -237,7 +238,7 @@ def test_clip_reference_is_the_ann_with_clip_sites_at_the_same_lambda(qcfs_ann) 
 
 def test_clip_reference_tuning_aims_at_clip_of_the_ann_current(qcfs_ann) -> None:  # type: ignore[no-untyped-def]
     ann, x = qcfs_ann
-    snn = convert(ann, "qcfs", None, 4)
+    snn = convert_by_name(ann, "qcfs", None, 4)
     theta0, lam = snn.act1.neuron.threshold.item(), ann.act1.lam.item()
     report = tune_thresholds(ann, snn, x, 4, grid=GRID, reference="clip")
     assert report.reference == "clip"
@@ -247,7 +248,7 @@ def test_clip_reference_tuning_aims_at_clip_of_the_ann_current(qcfs_ann) -> None
     by_hand = (quantized_rate(z, theta0, 4, 0.5) - z.clamp(0, lam)).square().mean().item()
     assert math.isclose(report.rows[0].loss_before, by_hand, rel_tol=1e-4)
     ann_target = tune_thresholds(
-        ann, convert(ann, "qcfs", None, 4), x, 4, grid=GRID, reference="ann"
+        ann, convert_by_name(ann, "qcfs", None, 4), x, 4, grid=GRID, reference="ann"
     )
     assert ann_target.reference == "ann"
     assert not math.isclose(ann_target.rows[0].loss_before, by_hand, rel_tol=1e-4)

@@ -3,7 +3,7 @@
 Not collected by pytest (no ``test_`` prefix). ``test_convert_user_model.py`` trains the
 network, writes a payload and runs this script with the peer venv's Python::
 
-    .peer-venv/bin/python tests/methods/peer_spikingjelly_convert.py PAYLOAD.pt
+    .peer-venv/bin/python tests/conversion/peer_spikingjelly_convert.py PAYLOAD.pt
 
 The payload (``torch.save``) holds ``state`` (the ``FashionCNN`` state dict), ``calib``
 (calibration images), ``test_x`` / ``test_y``, ``timesteps`` and ``batch_size``. Each

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conversion_helpers import convert_by_name
 from user_cnns import DeepResidualCNN, FashionCNN, fashion_sequential_cnn
-
-from spikebridge.methods import convert
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(
@@ -102,7 +101,7 @@ def test_benchmark_networks_convert_on_our_side(build) -> None:  # type: ignore[
     torch.manual_seed(0)
     ann, x = build().eval(), torch.randn(6, 1, 28, 28)
     assert ann(x).shape == (6, 10)
-    snn = convert(ann, "robust", x, 2)
+    snn = convert_by_name(ann, "robust", x, 2)
     assert snn.forward_steps(x).shape == (2, 6, 10)
     if build is DeepResidualCNN:
         assert sum(isinstance(m, torch.nn.Conv2d) for m in ann.modules()) == 9

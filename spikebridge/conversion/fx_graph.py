@@ -1,7 +1,9 @@
-"""Conversion of any fx-traceable user CNN (METHODS 2.1, 2.6; the graph side of ``convert``).
+"""Tracing and checking a user CNN for conversion (METHODS 2.1, 2.6; the graph side of
+``convert``).
 
-:func:`~spikebridge.methods.convert.convert` handles a spikebridge ResNet with its own
-block structure; every other ANN comes here. ``torch.fx`` traces the model's ``forward``
+:func:`~spikebridge.conversion.convert` handles a spikebridge ResNet with its own
+block structure; every other ANN comes here (this module: trace, check, :func:`site_graph`;
+:mod:`~spikebridge.conversion.fx_twin`: the spiking graph built from it). ``torch.fx`` traces the model's ``forward``
 (``nn.Sequential`` or custom code) into a graph, which is checked node by node and
 rewritten into the same spiking layout as the ResNet path:
 
@@ -53,18 +55,17 @@ from __future__ import annotations
 import copy
 import operator
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from spikebridge.errors import ConfigError, ModelError
+from spikebridge.conversion.fx_time import TIME_MODULES, SpikingGraph
+from spikebridge.errors import ModelError
 from spikebridge.nn.activations import QCFS, Clip
-from spikebridge.nn.neurons import IF, SpikingNeuron
-from spikebridge.nn.temporal import SpikingSite, fold, unfold
+from spikebridge.nn.neurons import SpikingNeuron
+from spikebridge.nn.temporal import SpikingSite
 
 SITE_MODULES = (nn.ReLU, Clip, QCFS)
 SITE_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_)
@@ -82,118 +83,6 @@ SUPPORTED = (
     "average and max pooling, flatten / view / reshape keeping the batch dimension, "
     "mean over non-batch dims, + and Dropout"
 )
-
-# --------------------------------------------------------------------------- time modules
-
-
-class StepEncoder(nn.Module):
-    """``[B, ...] -> [T*B, ...]``: the same analog input at every step (direct encoding)."""
-
-    def __init__(self, timesteps: int) -> None:
-        super().__init__()
-        self.timesteps = int(timesteps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fold(x.unsqueeze(0).expand(self.timesteps, *x.shape))
-
-    def extra_repr(self) -> str:
-        return f"timesteps={self.timesteps}"
-
-
-class StepAverage(nn.Module):
-    """``[T*B, ...] -> [B, ...]``: the mean over T of the per-step outputs (or, while
-    ``per_step`` is set by :meth:`SpikingGraph.forward_steps`, the steps ``[T, B, ...]``)."""
-
-    def __init__(self, timesteps: int) -> None:
-        super().__init__()
-        self.timesteps = int(timesteps)
-        self.per_step = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        steps = unfold(x, self.timesteps)
-        return steps if self.per_step else steps.mean(0)
-
-    def extra_repr(self) -> str:
-        return f"timesteps={self.timesteps}"
-
-
-class GatedMaxPool2d(nn.Module):
-    """Rate-gated max pooling over folded ``[T*B, C, H, W]`` (module docstring).
-
-    At step ``t`` every window passes ``x_t`` of the position with the largest gate key
-    ``Σ_{s<t} x_s + TIE_BREAK·x_t`` (the earlier steps decide, the current value breaks
-    ties); its rate tends to the ANN's max pooling of the time-averaged input as ``t``
-    grows. Built from the ANN's ``MaxPool2d`` or ``AdaptiveMaxPool2d``.
-    """
-
-    TIE_BREAK = 1e-3
-    """Weight of the current step in the gate key. Below 1, it never overturns a difference
-    of one spike ``θ`` between earlier sums (spike values are ``≤ θ`` within a channel)."""
-
-    def __init__(self, pool: nn.MaxPool2d | nn.AdaptiveMaxPool2d, timesteps: int) -> None:
-        super().__init__()
-        self.pool = copy.deepcopy(pool)
-        self.pool.return_indices = True
-        self.timesteps = int(timesteps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            raise ConfigError(f"GatedMaxPool2d needs [T*B, C, H, W] input, got {tuple(x.shape)}")
-        steps = unfold(x, self.timesteps)
-        earlier = steps.cumsum(0) - steps
-        _, index = self.pool(fold(earlier + self.TIE_BREAK * steps))
-        picked = x.flatten(2).gather(2, index.flatten(2))
-        return picked.view(index.shape)
-
-    def extra_repr(self) -> str:
-        return f"timesteps={self.timesteps}"
-
-
-TIME_MODULES = (StepEncoder, StepAverage, GatedMaxPool2d)
-
-
-class SpikingGraph(fx.GraphModule):
-    """A converted user network: the traced graph with IF sites, run for ``T`` steps.
-
-    ``forward(images [B, ...])`` returns the mean over T of the per-step outputs;
-    :meth:`forward_steps` returns the steps ``[T, B, ...]``; :meth:`set_timesteps` changes
-    T everywhere (sites, neurons, pooling gates, encoder and readout). Works with
-    ``spikebridge.engine.evaluate`` like a spiking ResNet. Every site's neuron is built with
-    ``timesteps=T``, so a site's neuron fed one step ``[B, ...]`` raises ConfigError instead
-    of reading the batch as time (:mod:`spikebridge.nn.neurons`).
-    """
-
-    spiking = True
-
-    def _time_module(self, kind: type[nn.Module]) -> Any:
-        return next(m for m in self.modules() if isinstance(m, kind))
-
-    @property
-    def timesteps(self) -> int:
-        return int(self._time_module(StepEncoder).timesteps)
-
-    def set_timesteps(self, timesteps: int) -> None:
-        """Simulate ``timesteps`` steps from now on."""
-        if int(timesteps) < 1:
-            raise ConfigError(f"timesteps must be >= 1, got {timesteps}")
-        for m in self.modules():
-            if m is not self and isinstance(getattr(m, "timesteps", None), int):
-                m.timesteps = int(timesteps)
-
-    @contextmanager
-    def _per_step(self) -> Iterator[None]:
-        readout = self._time_module(StepAverage)
-        readout.per_step = True
-        try:
-            yield
-        finally:
-            readout.per_step = False
-
-    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-step outputs ``[T, B, ...]`` for an input batch ``[B, ...]``."""
-        with self._per_step():
-            return self(x)
-
 
 # --------------------------------------------------------------------------- tracing
 
@@ -527,97 +416,6 @@ def graph_sites(model: fx.GraphModule, kinds: tuple[type, ...]) -> list[tuple[st
     return [(n, modules[n]) for n in names if n in modules and isinstance(modules[n], kinds)]
 
 
-# --------------------------------------------------------------------------- BN folding
-
-
-def conv_with_bias(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
-    """A copy of ``conv``'s geometry with a bias, holding ``weight`` and ``bias``."""
-    new = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
-        device=conv.weight.device, dtype=conv.weight.dtype,
-    )  # fmt: skip
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        new.bias.copy_(bias)
-    return new
-
-
-def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """``BN(conv(x))`` as one conv (eval-mode BN; computed in float64).
-
-    ``W' = W·γ/√(σ²+ε)``, ``b' = (b − μ)·γ/√(σ²+ε) + β`` per output channel.
-    """
-    if bn.running_mean is None or bn.running_var is None:
-        raise ModelError("cannot fold a batch-norm without running statistics into its conv")
-    var, mean = bn.running_var.double(), bn.running_mean.double()
-    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
-    scale = gamma / torch.sqrt(var + bn.eps)
-    bias0 = conv.bias.double() if conv.bias is not None else torch.zeros_like(var)
-    weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
-    return conv_with_bias(conv, weight, (bias0 - mean) * scale + beta)
-
-
-def _conv_bn_nodes(graph: fx.Graph, root: nn.Module) -> list[tuple[fx.Node, fx.Node]]:
-    """``(conv node, bn node)`` for every BatchNorm2d fed by a Conv2d that feeds only it
-    (both modules called once, matching channels)."""
-    calls = _call_counts(graph)
-    pairs = []
-    for node in graph.nodes:
-        src = node.args[0] if node.op == "call_module" and node.args else None
-        if not (isinstance(src, fx.Node) and src.op == "call_module"):
-            continue
-        bn, conv = root.get_submodule(str(node.target)), root.get_submodule(str(src.target))
-        if not (isinstance(bn, nn.BatchNorm2d) and isinstance(conv, nn.Conv2d)):
-            continue
-        single = len(src.users) == 1 and calls[src.target] == 1 and calls[node.target] == 1
-        if single and conv.out_channels == bn.num_features:
-            pairs.append((src, node))
-    return pairs
-
-
-@torch.no_grad()
-def fold_graph_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold, in place, every BatchNorm2d of a traceable ``model`` that follows a Conv2d feeding
-    only it (the BN becomes ``nn.Identity``, the conv gets the folded weight and a bias);
-    other BatchNorms are left as they are. Returns ``model``."""
-    graph = trace_graph(model)
-    for conv_node, bn_node in _conv_bn_nodes(graph, model):
-        conv, bn = (
-            model.get_submodule(str(conv_node.target)),
-            model.get_submodule(str(bn_node.target)),
-        )
-        _set_submodule(model, str(conv_node.target), folded_conv(conv, bn))  # type: ignore[arg-type]
-        _set_submodule(model, str(bn_node.target), nn.Identity())
-    return model
-
-
-# --------------------------------------------------------------------------- spiking graph
-
-
-def _drop_identities(gm: fx.GraphModule) -> None:
-    """Remove Identity / Dropout calls (eval mode: identity) so a site sees its conv."""
-    for node in list(gm.graph.nodes):
-        if node.op == "call_module" and isinstance(
-            gm.get_submodule(str(node.target)), (nn.Identity, nn.Dropout)
-        ):
-            node.replace_all_uses_with(node.args[0])  # type: ignore[arg-type]
-            gm.graph.erase_node(node)
-
-
-def _with_bias(layer: nn.Module) -> nn.Module:
-    """A copy of a bias-free Conv2d / Linear with a zero bias (a place for ttrbr's shift)."""
-    zeros = torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype, device=layer.weight.device)
-    if isinstance(layer, nn.Conv2d):
-        return conv_with_bias(layer, layer.weight.detach(), zeros)
-    new = nn.Linear(layer.in_features, layer.out_features, device=zeros.device, dtype=zeros.dtype)
-    with torch.no_grad():
-        new.weight.copy_(layer.weight)
-        new.bias.copy_(zeros)
-    return new
-
-
 def feeding_layer(model: fx.GraphModule, site_name: str) -> nn.Module | None:
     """The biased Conv2d / Linear whose output is the input current of site ``site_name`` and
     feeds nothing else (its bias can carry a per-channel shift); None when there is none."""
@@ -633,72 +431,3 @@ def feeding_layer(model: fx.GraphModule, site_name: str) -> nn.Module | None:
         ok = isinstance(layer, (nn.Conv2d, nn.Linear)) and layer.bias is not None and single
         return layer if ok else None
     return None
-
-
-def _bias_feeding_layers(gm: fx.GraphModule) -> None:
-    calls = _call_counts(gm.graph)
-    for node in gm.graph.nodes:
-        if not (
-            node.op == "call_module" and isinstance(gm.get_submodule(node.target), SITE_MODULES)
-        ):
-            continue
-        src = node.args[0]
-        if not (isinstance(src, fx.Node) and src.op == "call_module"):
-            continue
-        layer = gm.get_submodule(str(src.target))
-        single = len(src.users) == 1 and calls[src.target] == 1
-        if isinstance(layer, (nn.Conv2d, nn.Linear)) and layer.bias is None and single:
-            _set_submodule(gm, str(src.target), _with_bias(layer))
-
-
-def _add_time(gm: fx.GraphModule, timesteps: int) -> None:
-    """Encoder after the input, time average before the output."""
-    graph = gm.graph
-    placeholder = next(n for n in graph.nodes if n.op == "placeholder")
-    output = next(n for n in graph.nodes if n.op == "output")
-    enc, avg = _fresh_name(gm, "time_encoder"), _fresh_name(gm, "time_average")
-    gm.add_submodule(enc, StepEncoder(timesteps))
-    gm.add_submodule(avg, StepAverage(timesteps))
-    with graph.inserting_after(placeholder):
-        encoded = graph.call_module(enc, (placeholder,))
-    placeholder.replace_all_uses_with(encoded, delete_user_cb=lambda user: user is not encoded)
-    result = output.args[0]
-    with graph.inserting_before(output):
-        averaged = graph.call_module(avg, (result,))
-    output.replace_input_with(result, averaged)  # type: ignore[arg-type]
-
-
-def spiking_from_sites(
-    sites: fx.GraphModule, timesteps: int, phi: float = 0.5, threshold: float = 1.0
-) -> SpikingGraph:
-    """The IF twin of a :func:`site_graph` (not modified): BN folded, sites -> IF, max
-    pooling gated, time encoder and readout added. Thresholds are ``threshold`` everywhere
-    (conversion sets them afterwards)."""
-    if int(timesteps) < 1:
-        raise ConfigError(f"timesteps must be >= 1, got {timesteps}")
-    T = int(timesteps)
-    gm = copy.deepcopy(sites)
-    fold_graph_batchnorm(gm)
-    _drop_identities(gm)
-    _bias_feeding_layers(gm)
-    for name, _ in graph_sites(gm, SITE_MODULES):
-        _set_submodule(gm, name, SpikingSite(IF(threshold, phi, timesteps=T), T))
-    for name, pool in graph_sites(gm, MAX_POOL_MODULES):
-        _set_submodule(gm, name, GatedMaxPool2d(pool, T))  # type: ignore[arg-type]
-    _add_time(gm, T)
-    gm.graph.lint()
-    gm.delete_all_unused_submodules()
-    snn = SpikingGraph(gm, gm.graph, class_name="SpikingGraph")
-    return snn.to(_device(sites)).eval()
-
-
-def _device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def build_spiking_graph(ann: nn.Module, timesteps: int, phi: float = 0.5) -> SpikingGraph:
-    """The empty skeleton of a converted user ANN (IF sites at θ = 1, BN folded, biased
-    feeding layers): ``snn = build_spiking_graph(MyNet(), T); snn.load_state_dict(state)``
-    reloads a saved :func:`~spikebridge.methods.convert.convert` result."""
-    return spiking_from_sites(site_graph(ann), timesteps, phi)

@@ -6,18 +6,12 @@ import copy
 
 import pytest
 import torch
-from conversion_helpers import calibrate_bn
+from conversion_helpers import calibrate_bn, convert_by_name
 from torch import nn
 
+from spikebridge.conversion import build_converted, fold_batchnorm, is_converted_state
+from spikebridge.conversion.sites import HIST_BINS, site_thresholds
 from spikebridge.errors import ConfigError, ModelError
-from spikebridge.methods.convert import (
-    HIST_BINS,
-    activation_thresholds,
-    build_converted,
-    convert,
-    fold_batchnorm,
-    is_converted_state,
-)
 from spikebridge.models import build
 from spikebridge.nn import SpikingSite
 
@@ -47,7 +41,7 @@ def test_converted_model_structure_and_ann_untouched() -> None:
     ann, x = _tiny()
     ann.train()  # convert must not change the ANN's mode or weights
     before = {k: v.clone() for k, v in ann.state_dict().items()}
-    snn = convert(ann, "robust", x, 4)
+    snn = convert_by_name(ann, "robust", x, 4)
     assert ann.training and all(torch.equal(before[k], v) for k, v in ann.state_dict().items())
     assert snn.spiking and snn.timesteps == 4 and snn.config.neuron == "if"
     assert not any(isinstance(m, nn.BatchNorm2d) for m in snn.modules())
@@ -66,7 +60,7 @@ def test_single_qcfs_layer_converts_exactly_at_t_equal_l() -> None:
     ann, x = _tiny(activation="qcfs", qcfs_levels=4)
     for i, m in enumerate(m for m in ann.modules() if hasattr(m, "lam")):
         m.lam.data.fill_(0.5 + 0.1 * i)
-    snn = convert(ann, "qcfs", None, 4)
+    snn = convert_by_name(ann, "qcfs", None, 4)
     assert snn.act1.neuron.threshold.item() == pytest.approx(0.5)
     got: dict[str, torch.Tensor] = {}
     snn.act1.register_forward_hook(lambda m, a, o: got.update(snn=o.view(4, 16, *o.shape[1:])))
@@ -80,7 +74,7 @@ def test_single_qcfs_layer_converts_exactly_at_t_equal_l() -> None:
 
 def test_pre_add_identity_path_passes_spikes_unchanged() -> None:
     ann, x = _tiny(block="pre-add")
-    snn = convert(ann, "robust", x[:8], 4)
+    snn = convert_by_name(ann, "robust", x[:8], 4)
     block = snn.stages[0][1]
     assert block.shortcut is None and block.structure == "pre-add"
     got: dict[str, torch.Tensor] = {}
@@ -106,9 +100,9 @@ def test_thresholds_match_max_and_percentile_of_pre_activations() -> None:
     h.remove()
     z = pre[0]
     name = "stages.1.1.act2"
-    th_max = activation_thresholds(ann, [x[:7], x[7:]], "maxnorm")[name]
+    th_max = site_thresholds(ann, [x[:7], x[7:]], None)[name]
     assert th_max.item() == pytest.approx(z.max().item(), rel=1e-6)
-    th = activation_thresholds(ann, [x], "robust", percentile=90.0, channelwise=True)[name]
+    th = site_thresholds(ann, [x], 90.0, channelwise=True)[name]
     assert th.shape == (z.shape[1],)
     per_channel = z.transpose(0, 1).reshape(z.shape[1], -1)
     res = 6 * 2.303 / HIST_BINS  # log-spaced bins: 6 decades / 4096 bins, relative width
@@ -125,14 +119,16 @@ def test_snn_logits_approach_ann_logits_as_t_grows() -> None:
         y = ann(x[:8])
         errs = {}
         for T in (4, 64):
-            snn = convert(ann, "robust", x, T)
+            snn = convert_by_name(ann, "robust", x, T)
             errs[T] = ((snn(x[:8]) - y).norm() / y.norm()).item()
     assert errs[64] < 0.5 * errs[4], errs
 
 
 def test_save_and_reload_a_converted_model() -> None:
     ann, x = _tiny(activation="clip", threshold=3.0)
-    snn = convert(ann, "ttrbr", [(x[:8], None), (x[8:], None)], 2, channelwise=True, grid=(0.8, 1))
+    snn = convert_by_name(
+        ann, "ttrbr", [(x[:8], None), (x[8:], None)], 2, channelwise=True, scale_grid=(0.8, 1)
+    )
     state = snn.state_dict()
     assert is_converted_state(state) and not is_converted_state(ann.state_dict())
     assert state["act1.neuron.threshold"].shape == (4,)
@@ -147,28 +143,34 @@ def test_unsupported_layers_are_refused_with_a_fix() -> None:
     ann, x = _tiny()
     ann.stem_pool = nn.MaxPool2d(2)
     with pytest.raises(ModelError, match="replace MaxPool2d with AvgPool2d"):
-        convert(ann, "robust", x, 4)
+        convert_by_name(ann, "robust", x, 4)
     torch_ann = build("resnet18", width=0.125, stem="7x7", stem_pool="max")
     with pytest.raises(ModelError, match="'stem_pool'.*MaxPool2d"):
-        convert(torch_ann, "maxnorm", x, 4)
+        convert_by_name(torch_ann, "maxnorm", x, 4)
     ann, _ = _tiny()
     ann.stages[0][0].act1 = nn.GELU()
     with pytest.raises(ModelError, match="replace GELU with ReLU, Clip or QCFS"):
-        convert(ann, "robust", x, 4)
+        convert_by_name(ann, "robust", x, 4)
 
 
 def test_bad_requests_are_refused() -> None:
     ann, x = _tiny()
     with pytest.raises(ModelError, match="site 'act1' is a ReLU"):
-        convert(ann, "qcfs", x, 4)
+        convert_by_name(ann, "qcfs", x, 4)
     with pytest.raises(ConfigError, match="unknown conversion method"):
-        convert(ann, "maxpool", x, 4)
+        convert_by_name(ann, "maxpool", x, 4)
     with pytest.raises(ConfigError, match="needs calibration data"):
-        convert(ann, "robust", None, 4)
-    with pytest.raises(ConfigError, match="tune_phi"):
-        convert(ann, "robust", x, 4, tune_phi=True)
+        convert_by_name(ann, "robust", None, 4)
+    with pytest.raises(ConfigError, match="method 'robust' has no option 'tune_phi'"):
+        convert_by_name(ann, "robust", x, 4, tune_phi=True)  # removed: measured to do nothing
+    with pytest.raises(ConfigError, match="'qcfs' has no option 'channelwise'.*maxnorm, robust"):
+        convert_by_name(ann, "qcfs", x, 4, channelwise=True)
+    with pytest.raises(ConfigError, match="percentile must lie in"):
+        convert_by_name(ann, "robust", x, 4, percentile=0.0)
+    with pytest.raises(ConfigError, match="phi is"):
+        convert_by_name(ann, "robust", x, 4, phi=1.5)
     with pytest.raises(ModelError, match="already spiking"):
-        convert(build("resnet20", width=0.25, neuron="if"), "robust", x, 4)
+        convert_by_name(build("resnet20", width=0.25, neuron="if"), "robust", x, 4)
 
 
 def test_thresholds_are_per_channel_by_default_for_ttrbr_only() -> None:
@@ -182,7 +184,9 @@ def test_thresholds_are_per_channel_by_default_for_ttrbr_only() -> None:
             tuple(m.neuron.threshold.shape) for m in snn.modules() if isinstance(m, SpikingSite)
         }
 
-    assert theta_shapes(convert(ann, "robust", x, 2)) == {()}
-    assert all(len(s) == 1 and s[0] > 1 for s in theta_shapes(convert(ann, "ttrbr", x, 2)))
-    assert theta_shapes(convert(ann, "ttrbr", x, 2, channelwise=False)) == {()}
-    assert all(len(s) == 1 for s in theta_shapes(convert(ann, "robust", x, 2, channelwise=True)))
+    assert theta_shapes(convert_by_name(ann, "robust", x, 2)) == {()}
+    assert all(len(s) == 1 and s[0] > 1 for s in theta_shapes(convert_by_name(ann, "ttrbr", x, 2)))
+    assert theta_shapes(convert_by_name(ann, "ttrbr", x, 2, channelwise=False)) == {()}
+    assert all(
+        len(s) == 1 for s in theta_shapes(convert_by_name(ann, "robust", x, 2, channelwise=True))
+    )

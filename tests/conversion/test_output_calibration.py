@@ -8,18 +8,17 @@ import math
 
 import pytest
 import torch
-from conversion_helpers import calibrate_bn
+from conversion_helpers import calibrate_bn, convert_by_name
 
-from spikebridge.errors import ConfigError
-from spikebridge.methods.convert import convert
-from spikebridge.methods.error_analysis import snn_sites
-from spikebridge.methods.output_calibration import (
+from spikebridge.conversion.output_calibration import (
     CalibrationReport,
     _rate_schedule,
     _ScaledNeuron,
     calibrate_outputs,
 )
-from spikebridge.methods.threshold_tuning import feeding_conv
+from spikebridge.conversion.sites import snn_sites
+from spikebridge.conversion.tuning import feeding_conv
+from spikebridge.errors import ConfigError
 from spikebridge.models import build
 from spikebridge.nn.neurons import IF
 
@@ -30,7 +29,7 @@ def _pair(seed: int = 3, images: int = 24):  # type: ignore[no-untyped-def]
     ann = build("resnet20", width=0.25, activation="qcfs", qcfs_levels=4, block="pre-add")
     x = torch.randn(images, 3, 16, 16)
     calibrate_bn(ann, x)
-    return ann, convert(ann, "qcfs", None, 4), x
+    return ann, convert_by_name(ann, "qcfs", None, 4), x
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +128,12 @@ def test_gradients_reach_every_scale_and_shift(pair) -> None:  # type: ignore[no
 
 def test_convert_runs_output_calibration_for_ttrbr_by_default(pair) -> None:  # type: ignore[no-untyped-def]
     ann, _, x = pair
-    snn = convert(ann, "ttrbr", x, 4, grid=(0.9, 1.0), tune_epochs=1)
+    snn = convert_by_name(ann, "ttrbr", x, 4, scale_grid=(0.9, 1.0), tune_epochs=1)
     assert snn.conversion_report.calibration is not None
     assert snn.conversion_report.calibration.epochs == 1
-    off = convert(ann, "ttrbr", x, 4, grid=(0.9, 1.0), tune_epochs=0)
+    off = convert_by_name(ann, "ttrbr", x, 4, scale_grid=(0.9, 1.0), tune_epochs=0)
     assert off.conversion_report.calibration is None
-    default = convert(ann, "ttrbr", x, 4, grid=(0.9, 1.0))
+    default = convert_by_name(ann, "ttrbr", x, 4, scale_grid=(0.9, 1.0))
     assert default.conversion_report.calibration is not None
 
 
@@ -144,43 +143,25 @@ def test_bad_calibration_settings_are_refused(pair) -> None:  # type: ignore[no-
         calibrate_outputs(ann, copy.deepcopy(snn0), x, 4, epochs=0)
     with pytest.raises(ConfigError, match="learning rate"):
         calibrate_outputs(ann, copy.deepcopy(snn0), x, 4, lr=0.0)
-    with pytest.raises(ConfigError, match="schedule"):
-        calibrate_outputs(ann, copy.deepcopy(snn0), x, 4, schedule="step")
+    with pytest.raises(TypeError, match="schedule"):  # removed: a constant rate did nothing
+        calibrate_outputs(ann, copy.deepcopy(snn0), x, 4, schedule="constant")
     with pytest.raises(ConfigError, match="at least 2"):
         calibrate_outputs(ann, copy.deepcopy(snn0), x[:1], 4)
     with pytest.raises(ConfigError, match="ttrbr"):
-        convert(ann, "robust", x, 4, tune_epochs=2)
+        convert_by_name(ann, "robust", x, 4, tune_epochs=2)
     with pytest.raises(ConfigError, match=">= 0"):
-        convert(ann, "ttrbr", x, 4, tune_epochs=-1)
+        convert_by_name(ann, "ttrbr", x, 4, tune_epochs=-1)
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "constant"])
-def test_rate_schedule_values(schedule: str) -> None:
-    # cosine: lr·(1 + cos(π k / N)) / 2 after k of N steps; 0.01 -> 0.005 at N/2 -> 0 at N
+def test_rate_schedule_is_a_cosine_to_zero() -> None:
+    # lr·(1 + cos(π k / N)) / 2 after k of N steps; 0.01 -> 0.005 at N/2 -> 0 at N
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
-    rate = _rate_schedule(opt, schedule, total_steps=8)
+    rate = _rate_schedule(opt, total_steps=8)
     seen = [opt.param_groups[0]["lr"]]
     for _ in range(8):
         opt.step()
         rate.step()
         seen.append(opt.param_groups[0]["lr"])
-    if schedule == "constant":
-        assert seen == [0.01] * 9
-    else:
-        expected = [0.01 * (1 + math.cos(math.pi * k / 8)) / 2 for k in range(9)]
-        assert seen == pytest.approx(expected, abs=1e-12)
-        assert seen[4] == pytest.approx(0.005) and seen[8] == pytest.approx(0.0, abs=1e-12)
-
-
-def test_schedule_changes_the_fit_and_is_reported(pair) -> None:  # type: ignore[no-untyped-def]
-    ann, snn0, x = pair
-    fits = {}
-    for schedule in ("cosine", "constant"):
-        snn = copy.deepcopy(snn0)
-        report = calibrate_outputs(
-            ann, snn, x, 4, epochs=2, lr=0.05, batch_size=6, reference="ann", schedule=schedule
-        )
-        assert report.schedule == schedule
-        fits[schedule] = report.train_loss
-    # same seed, same first steps: the first epoch's rates differ after step 1, so the losses do
-    assert fits["cosine"] != fits["constant"]
+    expected = [0.01 * (1 + math.cos(math.pi * k / 8)) / 2 for k in range(9)]
+    assert seen == pytest.approx(expected, abs=1e-12)
+    assert seen[4] == pytest.approx(0.005) and seen[8] == pytest.approx(0.0, abs=1e-12)

@@ -16,36 +16,29 @@ the decomposition below is our design built on that statement. At every activati
 
 :func:`decompose_errors` reports their mean absolute values per site, with the temporal
 variance of the input current (the abstract names it as the cause of the deviation error)
-and the firing rate; :func:`plot_errors` draws the table.
-
-This module also holds the small calibration helpers that :mod:`threshold_tuning` and
-:mod:`convert` share (batching, pairing sites by name, stopping a forward at a site).
+and the firing rate; :func:`spikebridge.analysis.conversion_errors.plot_errors` draws the
+table.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import nn
 
-from spikebridge.errors import DataError, ModelError
-from spikebridge.methods.graph import graph_sites
-from spikebridge.nn.activations import QCFS, Clip
+from spikebridge.conversion.sites import (
+    CalibrationData,
+    calibration_batches,
+    eval_mode,
+    markdown_table,
+    model_device,
+    paired_sites,
+)
 from spikebridge.nn.temporal import SpikingSite, unfold
-
-ANN_SITE_TYPES = (nn.ReLU, Clip, QCFS)
-"""Modules that are activation sites in an ANN (each becomes an IF neuron on conversion)."""
-
-CalibrationData = torch.Tensor | Iterable[Any]
-"""Normalized images ``[N, C, H, W]``, or an iterable of such batches (or of ``(images,
-labels)`` pairs, as :class:`~spikebridge.data.DeviceLoader` yields)."""
-
 
 # --------------------------------------------------------------------------- formulas
 
@@ -87,118 +80,6 @@ def error_terms(
     return q - clipped, rate - q, clipped - ann_act
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's first parameter (CPU for a parameter-free module)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def calibration_batches(
-    data: CalibrationData, batch_size: int = 64, device: torch.device | None = None
-) -> list[torch.Tensor]:
-    """Normalize calibration data into a list of image batches ``[b, C, H, W]`` on ``device``.
-
-    A tensor is split into chunks of ``batch_size`` (bounded memory); an iterable is read
-    once (so a generator works) and ``(images, labels)`` items keep only the images.
-    """
-    if isinstance(data, torch.Tensor):
-        chunks: list[Any] = list(data.split(batch_size)) if data.dim() == 4 else [data]
-    else:
-        chunks = [item[0] if isinstance(item, (tuple, list)) else item for item in data]
-    if not chunks:
-        raise DataError("the calibration data is empty; expected at least one image batch")
-    for chunk in chunks:
-        if not isinstance(chunk, torch.Tensor) or chunk.dim() != 4:
-            shape = tuple(chunk.shape) if isinstance(chunk, torch.Tensor) else type(chunk)
-            raise DataError(f"calibration images must be [N, C, H, W] tensors, got {shape}")
-    return [c.to(device=device, dtype=torch.float32) if device else c.float() for c in chunks]
-
-
-def ann_sites(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every ANN activation site, in a topological order.
-
-    For the project's ResNets registration order is a topological order (a site never
-    depends on a site registered after it), which layer-by-layer tuning relies on; for a
-    traced user model (``torch.fx.GraphModule``, :mod:`~spikebridge.methods.graph`) it is
-    the order of the calls in its graph.
-    """
-    if isinstance(model, fx.GraphModule):
-        return graph_sites(model, ANN_SITE_TYPES)
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, ANN_SITE_TYPES)]
-
-
-def snn_sites(model: nn.Module) -> list[tuple[str, SpikingSite]]:
-    """``(name, site)`` of every :class:`SpikingSite`, in topological order (as ann_sites)."""
-    if isinstance(model, fx.GraphModule):
-        return graph_sites(model, (SpikingSite,))  # type: ignore[return-value]
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingSite)]
-
-
-def paired_sites(ann: nn.Module, snn: nn.Module) -> list[tuple[str, nn.Module, SpikingSite]]:
-    """``(name, ann_site, snn_site)`` for each site; the names must match one to one."""
-    a, s = ann_sites(ann), snn_sites(snn)
-    if [n for n, _ in a] != [n for n, _ in s]:
-        missing = sorted({n for n, _ in a} ^ {n for n, _ in s}) or ["(order differs)"]
-        raise ModelError(
-            f"the ANN and the SNN have different activation sites (first difference: "
-            f"{missing[0]}); expected the SNN to be converted from this ANN"
-        )
-    return [(n, am, sm) for (n, am), (_, sm) in zip(a, s, strict=True)]
-
-
-@contextlib.contextmanager
-def eval_mode(*models: nn.Module) -> Iterator[None]:
-    """Put models in eval mode under ``no_grad`` and restore every module's flag afterwards."""
-    flags = [(m, m.training) for model in models for m in model.modules()]
-    try:
-        for model in models:
-            model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-class _StopForwardError(Exception):
-    """Raised by a capture hook to end a forward pass early (the rest is not needed)."""
-
-
-def capture(
-    model: nn.Module, site: nn.Module, images: torch.Tensor, where: str = "input"
-) -> torch.Tensor:
-    """Run ``model(images)`` only up to ``site`` and return the site's input or output.
-
-    For a spiking model the site input is the folded current ``[T*B, ...]``.
-    """
-    store: dict[str, torch.Tensor] = {}
-
-    def pre_hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        store["x"] = args[0]
-        raise _StopForwardError
-
-    def post_hook(_m: nn.Module, _args: Any, out: torch.Tensor) -> None:
-        store["x"] = out
-        raise _StopForwardError
-
-    if where == "input":
-        handle = site.register_forward_pre_hook(pre_hook)
-    else:
-        handle = site.register_forward_hook(post_hook)
-    try:
-        model(images)
-    except _StopForwardError:
-        pass
-    finally:
-        handle.remove()
-    if "x" not in store:
-        raise ModelError("a calibration forward pass never reached the activation site")
-    return store["x"]
-
-
 # --------------------------------------------------------------------------- the table
 
 
@@ -215,16 +96,6 @@ class LayerErrors:
     mse: float  # mean (r − a)², the loss threshold tuning minimizes
     input_variance: float  # mean over neurons of Var_t(x_t)
     firing_rate: float  # spikes per neuron per time-step
-
-
-def markdown_table(row_type: type, rows: Sequence[Any]) -> str:
-    """A markdown table of dataclass ``rows`` (columns = the fields of ``row_type``)."""
-    names = [f.name for f in fields(row_type)]
-    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    for row in rows:
-        cells = [v if isinstance(v, str) else f"{v:.4g}" for v in asdict(row).values()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 @dataclass
@@ -343,40 +214,3 @@ def _run_snn_chunk(  # type: ignore[no-untyped-def]
     finally:
         for h in handles:
             h.remove()
-
-
-# --------------------------------------------------------------------------- plot
-
-
-def plot_errors(table: ErrorTable, path_png: str | Path) -> Path:
-    """Plot the error terms per site (top) and input variance / firing rate (bottom) to PNG.
-
-    Uses matplotlib's Agg canvas directly, so the global backend is left alone.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    idx = list(range(len(table.rows)))
-    fig = Figure(figsize=(max(6.0, 0.18 * len(idx) + 3), 6.5))
-    FigureCanvasAgg(fig)
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    for key, label in [
-        ("quantization", "quantization |e_q|"),
-        ("deviation", "deviation |e_d|"),
-        ("propagated", "propagated |clip(z̄)−a|"),
-        ("total", "total |r−a|"),
-    ]:
-        top.plot(idx, [getattr(r, key) for r in table.rows], marker="o", ms=3, label=label)
-    top.set_ylabel("mean absolute error")
-    top.set_title(f"Conversion error per activation site (T = {table.timesteps})")
-    top.legend(fontsize=8)
-    bottom.plot(idx, [r.input_variance for r in table.rows], color="tab:purple", marker=".")
-    bottom.set_ylabel("input variance over t", color="tab:purple")
-    bottom.set_xlabel("activation site (input → output)")
-    rate_ax = bottom.twinx()
-    rate_ax.plot(idx, [r.firing_rate for r in table.rows], color="tab:gray", ls="--")
-    rate_ax.set_ylabel("firing rate (spikes/neuron/step)", color="tab:gray")
-    fig.tight_layout()
-    path = Path(path_png)
-    fig.savefig(path, dpi=120)
-    return path

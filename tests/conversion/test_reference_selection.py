@@ -4,14 +4,12 @@ import copy
 
 import pytest
 import torch
-from conversion_helpers import calibrate_bn
+from conversion_helpers import calibrate_bn, convert_by_name
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from spikebridge.errors import ConfigError, DataError
-from spikebridge.methods.convert import convert
-from spikebridge.methods.reference_selection import (
+from spikebridge.conversion.selection import (
     choose,
     correct_by_timestep,
     held_out_correct,
@@ -19,6 +17,7 @@ from spikebridge.methods.reference_selection import (
     select_reference,
     significantly_worse,
 )
+from spikebridge.errors import ConfigError, DataError
 from spikebridge.models import build
 
 
@@ -181,8 +180,8 @@ def qcfs_ann():
 
 def test_select_tunes_towards_both_references_and_keeps_the_reported_winner(qcfs_ann):
     ann, x, held_out = qcfs_ann
-    snn = convert(ann, "ttrbr", x, 3, tune_epochs=1, batch_size=6, selection_data=held_out,
-                  selection_timesteps=[1, 6])  # fmt: skip
+    snn = convert_by_name(ann, "ttrbr", x, 3, tune_epochs=1, chunk_size=6, held_out=held_out,
+                          select_at=(1, 6))  # fmt: skip
     report = snn.conversion_report
     assert report.selection is not None and report.selection.untuned == ["qcfs", "robust"]
     assert set(report.selection.accuracy) == {"ann", "clip", "qcfs", "robust"}
@@ -199,9 +198,12 @@ def test_select_tunes_towards_both_references_and_keeps_the_reported_winner(qcfs
     assert {str(t): int(v.sum()) / 10 for t, v in got.items()} == pytest.approx(by_t[chosen])
     for name in ("ann", "clip", "qcfs", "robust"):  # each candidate is what the method gives
         if name in ("ann", "clip"):
-            fixed = convert(ann, "ttrbr", x, 3, tune_epochs=1, batch_size=6, tune_reference=name)
+            fixed = convert_by_name(
+                ann, "ttrbr", x, 3, tune_epochs=1, chunk_size=6, tune_reference=name
+            )
         else:
-            fixed = convert(ann, name, x, 3, batch_size=6, channelwise=False)
+            per_layer = {} if name == "qcfs" else {"channelwise": False}  # qcfs: one λ a site
+            fixed = convert_by_name(ann, name, x, 3, chunk_size=6, **per_layer)
         assert held_out_correct(fixed, held_out) / 10 == pytest.approx(
             report.selection.accuracy[name]
         )
@@ -209,16 +211,16 @@ def test_select_tunes_towards_both_references_and_keeps_the_reported_winner(qcfs
 
 def test_select_needs_labelled_data_and_has_no_clip_or_qcfs_candidate_on_a_relu_ann(qcfs_ann):
     ann, x, held_out = qcfs_ann
-    with pytest.raises(ConfigError, match="selection_data"):
-        convert(ann, "ttrbr", x, 3, tune_epochs=0, tune_reference="select")
+    with pytest.raises(ConfigError, match="needs held_out"):
+        convert_by_name(ann, "ttrbr", x, 3, tune_epochs=0, tune_reference="select")
     with pytest.raises(ConfigError, match="tuning reference"):
-        convert(ann, "ttrbr", x, 3, tune_epochs=0, tune_reference="teacher")
+        convert_by_name(ann, "ttrbr", x, 3, tune_epochs=0, tune_reference="teacher")
     # no selection data and no reference given: auto, as before
-    assert convert(ann, "ttrbr", x, 3, tune_epochs=0).conversion_report.selection is None
+    assert convert_by_name(ann, "ttrbr", x, 3, tune_epochs=0).conversion_report.selection is None
     torch.manual_seed(5)
     relu = calibrate_bn(build("resnet20", width=0.25), x)  # its clip twin is itself
-    with pytest.raises(ConfigError, match="selection_data"):
-        convert(relu, "ttrbr", x, 3, tune_epochs=0, tune_reference="select")
-    snn = convert(relu, "ttrbr", x, 3, tune_epochs=0, selection_data=held_out)
+    with pytest.raises(ConfigError, match="needs held_out"):
+        convert_by_name(relu, "ttrbr", x, 3, tune_epochs=0, tune_reference="select")
+    snn = convert_by_name(relu, "ttrbr", x, 3, tune_epochs=0, held_out=held_out)
     selection = snn.conversion_report.selection  # tuned towards the ANN only; no qcfs (ReLU)
     assert set(selection.accuracy) == {"ann", "robust"} and selection.untuned == ["robust"]

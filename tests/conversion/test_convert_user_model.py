@@ -1,4 +1,4 @@
-"""Conversion of user CNNs through torch.fx (spikebridge.methods.graph; issue #17 part 2).
+"""Conversion of user CNNs through torch.fx (spikebridge.conversion.fx_graph; issue #17 part 2).
 
 The networks are in ``user_cnns.py``: an ``nn.Sequential`` and a custom forward with a
 residual add, max pooling, functional and shared ReLUs, ``view`` and flatten. Weights are
@@ -28,23 +28,23 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conversion_helpers import calibrate_bn
+from conversion_helpers import calibrate_bn, convert_by_name
 from torch import nn
 from user_cnns import FashionCNN, ResidualCNN, sequential_cnn
 
-from spikebridge.engine.evaluate import evaluate
-from spikebridge.errors import ConfigError, ModelError
-from spikebridge.methods import (
+from spikebridge.conversion import (
     SpikingGraph,
     build_spiking_graph,
     check_convertible,
-    convert,
     fold_batchnorm,
     site_graph,
 )
-from spikebridge.methods.error_analysis import ann_sites, decompose_errors, snn_sites
-from spikebridge.methods.graph import GatedMaxPool2d
-from spikebridge.methods.threshold_tuning import feeding_conv
+from spikebridge.conversion.decomposition import decompose_errors
+from spikebridge.conversion.fx_time import GatedMaxPool2d
+from spikebridge.conversion.sites import ann_sites, snn_sites
+from spikebridge.conversion.tuning import feeding_conv
+from spikebridge.engine.evaluate import evaluate
+from spikebridge.errors import ConfigError, ModelError
 from spikebridge.nn import IF, QCFS, SpikingSite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_user_cnn_converts_and_approaches_the_ann(kind: str, method: str) -> Non
     ann, x = _user_model(kind)
     before = copy.deepcopy(ann.state_dict())
     options = {"tune_epochs": 1} if method == "ttrbr" else {}
-    snn = convert(ann, method, x[:32], 64, **options)
+    snn = convert_by_name(ann, method, x[:32], 64, **options)
     assert isinstance(snn, SpikingGraph) and snn.spiking and snn.timesteps == 64
     assert all(torch.equal(before[k], v) for k, v in ann.state_dict().items())  # untouched
     assert not any(isinstance(m, nn.BatchNorm2d) for m in snn.modules())
@@ -93,15 +93,15 @@ def test_qcfs_user_cnn_uses_the_ceilings_as_thresholds() -> None:
         nn.Linear(4 * 8 * 8, 8), QCFS(4, 0.75), nn.Linear(8, 3),
     )  # fmt: skip
     x = torch.randn(16, 1, 16, 16)
-    snn = convert(ann, "qcfs", None, 4)
+    snn = convert_by_name(ann, "qcfs", None, 4)
     thetas = [site.neuron.threshold.item() for _, site in snn_sites(snn)]
     assert thetas == [1.5, 0.75]
     labels = ann(x).argmax(1)
-    tuned = convert(ann, "ttrbr", x, 4, tune_epochs=1, selection_data=[(x[:8], labels[:8])])
+    tuned = convert_by_name(ann, "ttrbr", x, 4, tune_epochs=1, held_out=[(x[:8], labels[:8])])
     assert tuned.conversion_report.selection is not None  # QCFS sites: ann vs clip reference
     with pytest.raises(ModelError, match="site '2' is a ReLU"):
-        convert(sequential_cnn(), "qcfs", None, 4)
-    assert convert(ann, "robust", x, 4).timesteps == 4
+        convert_by_name(sequential_cnn(), "qcfs", None, 4)
+    assert convert_by_name(ann, "robust", x, 4).timesteps == 4
 
 
 def test_sites_pair_by_name_in_execution_order() -> None:
@@ -111,7 +111,7 @@ def test_sites_pair_by_name_in_execution_order() -> None:
     # self.relu (1st call keeps its name), F.relu, self.relu again, torch.relu
     assert names == ["relu", "relu_1", "relu_2", "relu_3"]
     assert all(type(m) is nn.ReLU and not m.inplace for _, m in ann_sites(reference))
-    snn = convert(ann, "robust", torch.randn(8, 1, 16, 16), 4)
+    snn = convert_by_name(ann, "robust", torch.randn(8, 1, 16, 16), 4)
     assert [n for n, _ in snn_sites(snn)] == names
     assert isinstance(snn.get_submodule("pool"), GatedMaxPool2d)
     assert feeding_conv(snn, "relu_1") is snn.conv1  # BN folded: the conv feeds the site
@@ -192,16 +192,16 @@ class _Unsupported(nn.Module):
 def test_unsupported_nodes_are_refused_by_name(kind: str, message: str) -> None:
     x = torch.randn(4, 1, 6, 6)
     with pytest.raises(ModelError, match=message):
-        convert(_Unsupported(kind), "robust", x, 4)
+        convert_by_name(_Unsupported(kind), "robust", x, 4)
     with pytest.raises(ModelError, match=message):
         check_convertible(_Unsupported(kind))
 
 
 def test_a_spiking_model_is_refused() -> None:
     ann, x = _user_model("sequential")
-    snn = convert(ann, "robust", x, 4)
+    snn = convert_by_name(ann, "robust", x, 4)
     with pytest.raises(ModelError, match="already spiking"):
-        convert(snn, "robust", x, 4)
+        convert_by_name(snn, "robust", x, 4)
 
 
 def test_single_step_input_is_refused_not_read_as_time() -> None:
@@ -212,7 +212,7 @@ def test_single_step_input_is_refused_not_read_as_time() -> None:
         IF(torch.tensor([0.5, 1.0, 2.0]))(step)  # per-channel θ: C must sit in dim 2
     assert IF(1.0, timesteps=4)(step.unsqueeze(0).expand(4, *step.shape)).shape == (4, 8, 3, 5, 5)
     ann, x = _user_model("sequential")
-    snn = convert(ann, "robust", x, 4)
+    snn = convert_by_name(ann, "robust", x, 4)
     site = next(m for m in snn.modules() if isinstance(m, SpikingSite))
     with pytest.raises(ConfigError, match="no single-step mode"):
         site.neuron(torch.rand(8, 8, 16, 16))  # first dim 8 is a batch, not T = 4
@@ -241,7 +241,7 @@ def test_gated_max_pool_passes_the_largest_rate() -> None:
 
 def test_save_reload_and_evaluate_a_converted_user_model() -> None:
     ann, x = _user_model("residual")
-    snn = convert(ann, "ttrbr", x[:16], 4, tune_epochs=1)
+    snn = convert_by_name(ann, "ttrbr", x[:16], 4, tune_epochs=1)
     reloaded = build_spiking_graph(ResidualCNN(), 4)
     reloaded.load_state_dict(snn.state_dict())
     with torch.no_grad():
@@ -299,7 +299,7 @@ def test_user_cnn_converts_within_one_point_of_spikingjelly(tmp_path: Path) -> N
     with torch.no_grad():
         ann_acc = (ann(data["test_x"]).argmax(1) == data["test_y"]).float().mean().item()
     assert ann_acc > 0.8  # the ANN learned; otherwise the comparison means nothing
-    snn = convert(ann, "robust", data["calib"], T)
+    snn = convert_by_name(ann, "robust", data["calib"], T)
     ours = evaluate(
         snn, list(zip(data["test_x"].split(250), data["test_y"].split(250), strict=True))
     )

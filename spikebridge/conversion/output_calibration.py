@@ -36,22 +36,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from spikebridge.errors import ConfigError
-from spikebridge.methods.error_analysis import (
+from spikebridge.conversion.reference import clip_reference, resolve_reference
+from spikebridge.conversion.sites import (
     CalibrationData,
     calibration_batches,
     eval_mode,
     model_device,
     snn_sites,
 )
-from spikebridge.methods.threshold_tuning import clip_reference, feeding_conv, resolve_reference
+from spikebridge.conversion.tuning import feeding_conv
+from spikebridge.errors import ConfigError
 from spikebridge.nn.neurons import SpikingNeuron
 from spikebridge.nn.temporal import SpikingSite
 
-DEFAULT_EPOCHS = 6
+DEFAULT_EPOCHS = 6  # cosine over 6 epochs: docs/notes/results-history.md, "Output calibration"
 DEFAULT_LR = 1e-2
-DEFAULT_SCHEDULE = "cosine"
-SCHEDULES = ("cosine", "constant")
 HOLDOUT_FRACTION = 0.25
 
 
@@ -62,7 +61,6 @@ class CalibrationReport:
     timesteps: int
     epochs: int
     lr: float
-    schedule: str
     reference: str
     fit_images: int
     holdout_images: int
@@ -151,7 +149,6 @@ def calibrate_outputs(
     timesteps: int,
     epochs: int = DEFAULT_EPOCHS,
     lr: float = DEFAULT_LR,
-    schedule: str = DEFAULT_SCHEDULE,
     shift: bool = True,
     channelwise: bool = True,
     reference: str = "auto",
@@ -167,10 +164,11 @@ def calibrate_outputs(
         snn: the converted spiking model (sites with IF neurons); left at ``timesteps``.
         calibration_images: normalized training images, or batches of them.
         timesteps: the T the output is simulated at.
-        epochs: passes over the fit images (Adam, ``lr``, batches of ``batch_size``).
-        schedule: ``cosine`` (the rate falls to 0 over all steps) or ``constant``. Cosine
-            over 6 epochs was ahead of constant over 3 (the first default) by 0.7 points of
-            T = 4 accuracy on three ANNs' validation splits (docs/notes/results-history.md).
+        epochs: passes over the fit images (Adam, ``lr``, batches of ``batch_size``), the
+            rate decayed to 0 by a cosine over all steps. Cosine over 6 epochs was ahead of
+            a constant rate over 3 (the first default) by 0.7 points of T = 4 accuracy on
+            three ANNs' validation splits (docs/notes/results-history.md); a constant rate
+            did nothing measurable (p >= 0.14) and was removed (docs/CHANGELOG.md).
         shift: also fit the per-channel input shift (folded into the feeding conv's bias;
             sites without a biased feeding conv get none).
         channelwise: one threshold scale per channel (else one per site; the shift is
@@ -182,10 +180,6 @@ def calibrate_outputs(
         raise ConfigError(f"output calibration epochs must be >= 1, got {epochs}")
     if lr <= 0:
         raise ConfigError(f"output calibration learning rate must be positive, got {lr}")
-    if schedule not in SCHEDULES:
-        raise ConfigError(
-            f"output calibration schedule must be one of {SCHEDULES}, got {schedule!r}"
-        )
     reference = resolve_reference(reference, ann, timesteps)
     target_net = clip_reference(ann) if reference == "clip" else ann
     device = model_device(snn)
@@ -212,7 +206,7 @@ def calibrate_outputs(
     params = [p for w in wrappers for p in w.parameters()]
     try:
         train_loss, held_loss, best_epoch = _fit(
-            snn, params, (fit, targets["fit"]), held_batches, (epochs, lr, schedule), batch_size,
+            snn, params, (fit, targets["fit"]), held_batches, (epochs, lr), batch_size,
             seed, progress,
         )  # fmt: skip
     finally:
@@ -221,7 +215,7 @@ def calibrate_outputs(
         for p, flag in frozen:
             p.requires_grad_(flag)
     return CalibrationReport(
-        timesteps=timesteps, epochs=epochs, lr=lr, schedule=schedule, reference=reference,
+        timesteps=timesteps, epochs=epochs, lr=lr, reference=reference,
         fit_images=len(fit), holdout_images=len(held), train_loss=train_loss,
         holdout_loss=held_loss, best_epoch=best_epoch,
     )  # fmt: skip
@@ -232,19 +226,20 @@ def _fit(
     params: list[nn.Parameter],
     data: tuple[torch.Tensor, torch.Tensor],
     held: list[tuple[torch.Tensor, torch.Tensor]],
-    steps: tuple[int, float, str],
+    steps: tuple[int, float],
     batch_size: int,
     seed: int,
     progress: bool,
 ) -> tuple[list[float], list[float], int]:
-    """Adam over the fit images for ``steps`` = (epochs, lr, schedule); keeps (in ``params``)
+    """Adam over the fit images for ``steps`` = (epochs, lr), the rate decayed to 0 by a
+    cosine over all steps; keeps (in ``params``)
     the epoch with the lowest held-out loss. Returns the fit loss per epoch, the held-out loss
     before and after each, the kept epoch."""
     x_fit, t_fit = data
-    epochs, lr, schedule = steps
+    epochs, lr = steps
     opt = torch.optim.Adam(params, lr=lr)
     per_epoch = -(-len(x_fit) // batch_size)
-    rate = _rate_schedule(opt, schedule, epochs * per_epoch)
+    rate = _rate_schedule(opt, epochs * per_epoch)
     gen = torch.Generator().manual_seed(seed)
     snn.eval()
     held_loss = [_holdout_loss(snn, held)]
@@ -276,9 +271,7 @@ def _fit(
 
 
 def _rate_schedule(
-    opt: torch.optim.Optimizer, schedule: str, total_steps: int
+    opt: torch.optim.Optimizer, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Cosine decay of the rate to 0 over ``total_steps`` optimizer steps, or a constant rate."""
-    if schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    """Cosine decay of the rate to 0 over ``total_steps`` optimizer steps."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)

@@ -6,19 +6,14 @@ import math
 
 import pytest
 import torch
-from conversion_helpers import calibrate_bn
+from conversion_helpers import calibrate_bn, convert_by_name
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from spikebridge.analysis.conversion_errors import plot_errors
+from spikebridge.conversion.decomposition import decompose_errors, error_terms, quantized_rate
+from spikebridge.conversion.sites import calibration_batches
 from spikebridge.errors import DataError, ModelError
-from spikebridge.methods.convert import convert
-from spikebridge.methods.error_analysis import (
-    calibration_batches,
-    decompose_errors,
-    error_terms,
-    plot_errors,
-    quantized_rate,
-)
 from spikebridge.models import build
 from spikebridge.nn import IF
 
@@ -81,7 +76,7 @@ def _converted_pair(activation: str = "qcfs", T: int = 4):  # type: ignore[no-un
     ann = build("resnet20", width=0.25, activation=activation, qcfs_levels=T, threshold=2.0)
     x = torch.randn(8, 3, 16, 16)
     calibrate_bn(ann, x)
-    return ann, convert(ann, "qcfs" if activation != "relu" else "robust", x, T), x
+    return ann, convert_by_name(ann, "qcfs" if activation != "relu" else "robust", x, T), x
 
 
 def test_decompose_errors_first_site_has_no_deviation_and_table_is_consistent() -> None:

@@ -3,7 +3,7 @@
 The TTRBR abstract names "threshold tuning" without saying how; this is our design. Per
 activation site ``l``, from input to output, on a calibration set at the target ``T``:
 
-    s_l = argmin_{s ∈ grid}  E ‖ r_l(s·θ_l) − a_l ‖²        (optionally jointly over φ_l)
+    s_l = argmin_{s ∈ grid}  E ‖ r_l(s·θ_l) − a_l ‖²
 
 where ``r_l = mean_t(o_t·θ)`` is the site's actual output rate and ``a_l`` the ANN's
 activation at that site on the same images. ``r_l`` is simulated on the input currents
@@ -39,17 +39,7 @@ Measured (docs/notes/results-history.md): +1.4 points at T = 4 on a pre-add resn
 on resnet56-164; hence off by default.
 
 Reference network (``reference``, also ours): the ``a_l`` the sites aim at come from the ANN as
-trained (``"ann"``) or from its continuous twin (``"clip"``): the same weights with every QCFS
-site replaced by ``clip(z, 0, λ)``. An IF site's rate tends to ``clip(z̄, 0, θ)`` as T grows
-(METHODS 2.1: ``Q_T → clip``), so an SNN simulated for more steps than the ANN has QCFS
-levels (``T > L``) approaches the clip network, of which the QCFS ANN is only an ``L``-level
-approximation; tuning it towards the ANN's coarser staircase pulls it away from the network it
-converges to. ``"auto"`` picks ``"clip"`` when ``T`` exceeds the ANN's QCFS levels and
-``"ann"`` otherwise (ReLU and clip ANNs: the two are the same network). Which reference
-is better depends on the ANN, not only on T (docs/notes/results-history.md, "Tuning reference"), so
-the conversion default (``convert(..., tune_reference="select")`` with held-out labelled images;
-:mod:`~spikebridge.methods.reference_selection`) tunes towards both and keeps the one more
-accurate on those images; this function takes one fixed reference.
+trained or from its clip twin (:mod:`~spikebridge.conversion.reference`).
 
 Guarantee: scale 1 (with the current φ, unshifted) is always a candidate and is tried first,
 so the chosen value never has a larger calibration loss than the one the site started with
@@ -60,14 +50,15 @@ channels are independent neurons, so it is the exact per-channel minimum on the 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from spikebridge.errors import ConfigError
-from spikebridge.methods.error_analysis import (
+from spikebridge.conversion.fx_graph import feeding_layer
+from spikebridge.conversion.reference import clip_reference, resolve_reference
+from spikebridge.conversion.sites import (
     CalibrationData,
     calibration_batches,
     capture,
@@ -76,19 +67,15 @@ from spikebridge.methods.error_analysis import (
     model_device,
     paired_sites,
 )
-from spikebridge.methods.graph import feeding_layer
+from spikebridge.errors import ConfigError
 from spikebridge.models.resnet import Bottleneck, ResNet
-from spikebridge.nn.activations import QCFS, Clip
 from spikebridge.nn.neurons import SpikingNeuron, per_channel_view
 from spikebridge.nn.temporal import SpikingSite, fold, unfold
 
 DEFAULT_SCALE_GRID = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2)
 """Threshold scales tried per site (1.0 = keep θ; always added if missing)."""
 
-DEFAULT_PHI_GRID = (0.0, 0.25, 0.5, 0.75)
-"""Initial-potential fractions tried with every scale when ``tune_phi`` is on."""
-
-Candidate = tuple[float, float | None, bool]  # (θ scale, φ or None = keep, shift the input)
+Candidate = tuple[float, bool]  # (θ scale, shift the input)
 
 
 @dataclass
@@ -102,7 +89,7 @@ class TuningRow:
     phi: float
     loss_before: float  # E(r − a)² with scale 1, earlier sites already tuned
     loss_after: float  # E(r − a)² with the chosen scale (never above loss_before)
-    reverted: bool = False  # the block guard put this site back to its initial θ and φ
+    reverted: bool = False  # the block guard put this site back to its initial θ
     bias_shift: float = 0.0  # mean |δ| added to the feeding conv's bias (tune_bias)
 
 
@@ -113,9 +100,7 @@ class TuningReport:
     rows: list[TuningRow]
     timesteps: int
     channelwise: bool
-    tune_phi: bool
     grid: tuple[float, ...]
-    phi_grid: tuple[float, ...] = field(default_factory=tuple)
     images: int = 0
     reference: str = "ann"  # the network the sites aimed at: "ann" or "clip"
 
@@ -137,28 +122,19 @@ class TuningReport:
         return markdown_table(TuningRow, self.rows)
 
 
-def _check_grids(
-    grid: tuple[float, ...] | list[float], phi_grid: tuple[float, ...] | list[float]
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def check_grid(grid: tuple[float, ...] | list[float]) -> tuple[float, ...]:
+    """The scale grid as floats; ConfigError unless it holds positive numbers."""
     scales = tuple(float(s) for s in grid)
     if not scales or min(scales) <= 0:
         raise ConfigError(f"threshold scale grid must hold positive numbers, got {list(grid)}")
-    phis = tuple(float(p) for p in phi_grid)
-    if any(not 0.0 <= p <= 1.0 for p in phis):
-        raise ConfigError(f"phi grid values must lie in [0, 1], got {list(phi_grid)}")
-    return scales, phis
+    return scales
 
 
-def _candidates(
-    scales: tuple[float, ...], phis: tuple[float, ...], shift: bool = False
-) -> list[Candidate]:
-    """``(1.0, keep φ, unshifted)`` first (ties keep the current value), then the rest of the
-    grid; with ``shift`` every one of them again on the shifted input."""
-    base: list[tuple[float, float | None]] = [(1.0, None)]
-    base += [(s, None) for s in scales if s != 1.0]
-    base += [(s, p) for s in scales for p in phis]
-    cands = [(s, p, False) for s, p in base]
-    return cands + ([(s, p, True) for s, p in base] if shift else [])
+def _candidates(scales: tuple[float, ...], shift: bool = False) -> list[Candidate]:
+    """``(1.0, unshifted)`` first (ties keep the current value), then the rest of the grid;
+    with ``shift`` every one of them again on the shifted input."""
+    base = [1.0] + [s for s in scales if s != 1.0]
+    return [(s, False) for s in base] + ([(s, True) for s in base] if shift else [])
 
 
 def _probe(neuron: SpikingNeuron, theta: torch.Tensor, phi: torch.Tensor) -> SpikingNeuron:
@@ -241,7 +217,7 @@ def feeding_conv(model: nn.Module, site_name: str) -> nn.Module | None:
     ``conv1``, ``stages.i.j.act2`` -> ``stages.i.j.conv2``, ``...shortcut.act`` ->
     ``...shortcut.conv``); None when there is none (then no bias shift is tried). In a
     converted user model (a graph) it is the Conv2d / Linear that feeds only that site
-    (:func:`~spikebridge.methods.graph.feeding_layer`)."""
+    (:func:`~spikebridge.conversion.fx_graph.feeding_layer`)."""
     if isinstance(model, fx.GraphModule):
         return feeding_layer(model, site_name)
     parent_name, _, leaf = site_name.rpartition(".")
@@ -257,27 +233,26 @@ def feeding_conv(model: nn.Module, site_name: str) -> nn.Module | None:
 def _apply_choice(
     site: SpikingSite, cands: list[Candidate], sse: torch.Tensor, channelwise: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Set the site's θ (and φ) to the best candidate; return (scale, loss sum, φ, shifted)
-    with ``shifted`` a bool per channel (or a scalar) saying where the bias shift won."""
+    """Set the site's θ to the best candidate; return (scale, loss sum, φ, shifted) with
+    ``shifted`` a bool per channel (or a scalar) saying where the bias shift won. φ keeps
+    its value (per channel when channel-wise, as the threshold)."""
     neuron = site.neuron
     theta0, phi0 = neuron.threshold.clone(), neuron.phi.clone()
-    scales = torch.tensor([s for s, _, _ in cands], dtype=theta0.dtype, device=theta0.device)
-    shifts = torch.tensor([sh for _, _, sh in cands], device=theta0.device)
-    phis = [phi0 if p is None else torch.full_like(phi0, p) for _, p, _ in cands]
+    scales = torch.tensor([s for s, _ in cands], dtype=theta0.dtype, device=theta0.device)
+    shifts = torch.tensor([sh for _, sh in cands], device=theta0.device)
     if channelwise:
         best = sse.argmin(0)  # [C]
         C = sse.shape[1]
-        phi_table = torch.stack([p.expand(C) for p in phis])  # [K, C]
         scale = scales[best]
         neuron.threshold = theta0.expand(C) * scale
-        neuron.phi = phi_table.gather(0, best[None])[0]
+        neuron.phi = phi0.expand(C).clone()
         loss = sse.gather(0, best[None]).sum()
         shifted = shifts[best]
     else:
         k = int(sse.sum(1).argmin())
         scale = scales[k]
         neuron.threshold = theta0 * cands[k][0]
-        neuron.phi = phis[k].clone()
+        neuron.phi = phi0.clone()
         loss = sse[k].sum()
         shifted = shifts[k]
     return scale, loss, neuron.phi, shifted
@@ -299,12 +274,9 @@ def _tune_site(
     neuron = snn_site.neuron
     theta0, phi0 = neuron.threshold.clone(), neuron.phi.clone()
     if conv is None:
-        cands = [c for c in cands if not c[2]]
+        cands = [c for c in cands if not c[1]]
     delta = _mean_current_gap(ann, snn, (ann_site, snn_site), inputs, gaps) if conv else None
-    probes = [
-        (_probe(neuron, theta0 * s, phi0 if p is None else torch.full_like(phi0, p)), sh)
-        for s, p, sh in cands
-    ]
+    probes = [(_probe(neuron, theta0 * s, phi0), sh) for s, sh in cands]
     sse, count = _site_sse(ann, snn, (ann_site, snn_site), inputs, probes, delta, gaps)
     scale, loss, phi, shifted = _apply_choice(snn_site, cands, sse, channelwise)
     applied = 0.0
@@ -324,38 +296,6 @@ def _tune_site(
     )
 
 
-REFERENCES = ("ann", "clip", "auto")
-
-
-def clip_reference(ann: nn.Module) -> nn.Module:
-    """A copy of ``ann`` whose QCFS sites are ``clip(z, 0, λ)`` with the same λ: the network an
-    IF conversion's rates approach as T grows (the QCFS ANN is its L-level staircase)."""
-    ref = copy.deepcopy(ann)
-    for parent in list(ref.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, QCFS):
-                clip = Clip(float(child.lam.detach()))
-                setattr(parent, name, clip.to(child.lam.device))
-    return ref
-
-
-def qcfs_levels(ann: nn.Module) -> int | None:
-    """The smallest QCFS level count of ``ann``'s sites (None: no QCFS site)."""
-    levels = [m.levels for m in ann.modules() if isinstance(m, QCFS)]
-    return min(levels) if levels else None
-
-
-def resolve_reference(reference: str, ann: nn.Module, timesteps: int) -> str:
-    """``"auto"`` -> ``"clip"`` when ``timesteps`` exceeds the ANN's QCFS levels, else
-    ``"ann"``; ``"ann"`` / ``"clip"`` are kept. ConfigError for anything else."""
-    if reference not in REFERENCES:
-        raise ConfigError(f"unknown tuning reference {reference!r}; expected one of {REFERENCES}")
-    if reference != "auto":
-        return reference
-    levels = qcfs_levels(ann)
-    return "clip" if levels is not None and timesteps > levels else "ann"
-
-
 def tune_thresholds(
     ann: nn.Module,
     snn: nn.Module,
@@ -363,8 +303,6 @@ def tune_thresholds(
     timesteps: int,
     grid: tuple[float, ...] | list[float] = DEFAULT_SCALE_GRID,
     channelwise: bool = False,
-    tune_phi: bool = False,
-    phi_grid: tuple[float, ...] | list[float] = DEFAULT_PHI_GRID,
     batch_size: int = 64,
     progress: bool = False,
     guard: bool = True,
@@ -372,7 +310,7 @@ def tune_thresholds(
     compensate_stream: bool = False,
     reference: str = "auto",
 ) -> TuningReport:
-    """Tune every site's threshold scale ``s_l`` (and φ) in place (METHODS 2.4, our design).
+    """Tune every site's threshold scale ``s_l`` in place (METHODS 2.4, our design).
 
     Args:
         ann: the source ANN (unchanged); sites are paired with ``snn``'s by module name.
@@ -383,7 +321,6 @@ def tune_thresholds(
         timesteps: the target T the loss is measured at.
         grid: threshold scales to try (1.0 is always tried).
         channelwise: pick a scale per channel (θ becomes a ``[C]`` buffer).
-        tune_phi: also search φ over ``phi_grid`` jointly with the scale.
         guard: (ResNets) keep a residual block's tuned sites only if the error of the
             block's OUTPUT (the residual stream, shortcut included) does not increase;
             otherwise put them back (``row.reverted``). Greedy per-site tuning can lower
@@ -410,8 +347,8 @@ def tune_thresholds(
     reference = resolve_reference(reference, ann, timesteps)
     if reference == "clip":
         ann = clip_reference(ann)
-    scales, phis = _check_grids(grid, phi_grid if tune_phi else ())
-    cands = _candidates(scales, phis, tune_bias)
+    scales = check_grid(grid)
+    cands = _candidates(scales, tune_bias)
     pairs = paired_sites(ann, snn)
     convs = {name: feeding_conv(snn, name) if tune_bias else None for name, _, _ in pairs}
     batches = calibration_batches(calibration_images, batch_size, model_device(snn))
@@ -429,9 +366,7 @@ def tune_thresholds(
             options = (cands, channelwise, guard, convs, compensate_stream)
             rows = _tune_by_segment(segments, site_pairs, batches, options, timesteps)
     n_images = sum(b.shape[0] for b in batches)
-    return TuningReport(
-        rows, timesteps, channelwise, tune_phi, scales, phis, n_images, reference=reference
-    )
+    return TuningReport(rows, timesteps, channelwise, scales, n_images, reference=reference)
 
 
 # --------------------------------------------------------------------------- block cache

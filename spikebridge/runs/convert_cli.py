@@ -1,0 +1,89 @@
+"""``spikebridge convert RUN --method M``: the command line of :func:`convert_run`.
+
+Every option is a field of the ``convert`` config section
+(:mod:`~spikebridge.runs.conversion_config`), so ``--config FILE.yaml`` sets any of them
+and the command line wins over the file. Old spellings keep working for now, each with a
+one-line notice on stderr naming the new one: ``--ann RUN`` (pass RUN positionally),
+``--timesteps 1,2,4`` as a list (``--report-at``), ``--tune-timesteps T`` (``--tune-at``),
+``--tune-schedule cosine`` (the only schedule left). ``--tune-phi`` and a constant schedule
+were removed (measured to do nothing, docs/CHANGELOG.md) and are refused in one sentence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from spikebridge.config import add_config_arguments, config_from_args
+from spikebridge.errors import ConfigError
+from spikebridge.runs.conversion import convert_run
+from spikebridge.runs.conversion_config import SECTION
+
+REMOVED_TUNE_PHI = (
+    "--tune-phi was removed: tuning φ measured to do nothing (-0.09 points at T = 4, p = 0.77; "
+    "docs/CHANGELOG.md); leave it out."
+)
+
+
+def deprecated(old: str, new: str) -> None:
+    """The one-line notice of a deprecated spelling, on stderr (``warning: OLD is deprecated;
+    NEW``)."""
+    print(f"warning: {old} is deprecated; {new}", file=sys.stderr)
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``spikebridge convert``: RUN, the ``convert`` section, the old spellings."""
+    parser.add_argument("run", nargs="?", metavar="RUN", help="the trained ANN run folder")
+    add_config_arguments(parser, (SECTION,), presets=False)
+    old = parser.add_argument_group("deprecated spellings (each prints its replacement)")
+    old.add_argument("--ann", metavar="RUN", help="= RUN, positionally")
+    old.add_argument("--tune-timesteps", type=int, metavar="T", help="= --tune-at T")
+    old.add_argument("--tune-schedule", metavar="cosine", help="removed: always cosine")
+    old.add_argument("--tune-phi", action="store_true", help="removed (docs/CHANGELOG.md)")
+
+
+def _given(args: argparse.Namespace, name: str) -> object:
+    return getattr(args, f"{SECTION}.{name}", None)
+
+
+def _set(args: argparse.Namespace, name: str, value: object) -> None:
+    setattr(args, f"{SECTION}.{name}", value)
+
+
+def _old_spellings(args: argparse.Namespace) -> None:
+    """Map each old spelling onto the new option (with its notice); refuse removed ones."""
+    if args.tune_phi:
+        raise ConfigError(REMOVED_TUNE_PHI)
+    if args.ann is not None:
+        deprecated("--ann", "pass the run positionally (spikebridge convert RUN --method M)")
+        if args.run is not None and args.run != args.ann:
+            raise ConfigError(f"RUN is given twice ({args.run!r} and --ann {args.ann!r}).")
+        args.run = args.ann
+    timesteps = _given(args, "timesteps")
+    if isinstance(timesteps, str) and "," in timesteps:
+        deprecated("--timesteps with a list", f"use --report-at {timesteps} (--timesteps is T)")
+        if _given(args, "report_at") is None:
+            _set(args, "report_at", timesteps)
+        delattr(args, f"{SECTION}.timesteps")
+    if args.tune_timesteps is not None:
+        deprecated("--tune-timesteps", f"use --tune-at {args.tune_timesteps}")
+        if _given(args, "tune_at") is None:
+            _set(args, "tune_at", args.tune_timesteps)
+    if args.tune_schedule is not None:
+        if args.tune_schedule != "cosine":
+            raise ConfigError(
+                f"--tune-schedule {args.tune_schedule} was removed: a constant rate measured no "
+                "better than the cosine decay (p >= 0.14, docs/CHANGELOG.md); leave it out."
+            )
+        deprecated("--tune-schedule", "leave it out (the rate always decays by a cosine)")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """``spikebridge convert``: convert, evaluate at every t, write the run folder."""
+    _old_spellings(args)
+    if args.run is not None:  # the command line wins over --config's ann_run
+        _set(args, "ann_run", args.run)
+    config = getattr(config_from_args(args, (SECTION,)), SECTION)
+    summary = convert_run(config)
+    print(f"run folder: {summary['run_dir']}")
+    return 0
