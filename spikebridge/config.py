@@ -528,6 +528,12 @@ def _resolve(key: str, value: Any, sections: tuple[str, ...]) -> list[tuple[str,
     raise _unknown(key, valid, sections)
 
 
+def shared_sections() -> tuple[str, ...]:
+    """Every registered section but the standalone ones: the sections a train-like config
+    (an experiment's ``train:`` block) may draw its keys from."""
+    return tuple(name for name in SECTIONS if name not in _STANDALONE)
+
+
 def _flat_names(sections: tuple[str, ...]) -> dict[str, tuple[str, str]]:
     """``{flat name: (section, field)}`` of ``sections`` (standalone ones included)."""
     names = {flat: owner for flat, owner in _FLAT.items() if owner[0] in sections}

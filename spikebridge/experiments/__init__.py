@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from spikebridge.config import SECTIONS, load_config, read_yaml
+from spikebridge.config import load_config, read_yaml, shared_sections
 from spikebridge.engine.rundir import prepare_output_folder
 from spikebridge.errors import ConfigError
 
@@ -129,7 +129,7 @@ def check_overrides(overrides: dict[str, Any], kind: Kind) -> None:
             raise ConfigError(f"--set {key}: {_nearest(key, kind.keys)}")
         if key in kind.config_keys and isinstance(value, dict):
             try:
-                load_config(tuple(SECTIONS), overrides=value)  # unknown or invalid keys refused
+                load_config(shared_sections(), overrides=value)  # unknown or invalid keys refused
             except ConfigError as exc:
                 raise ConfigError(f"--set {key}.*: {str(exc)}") from None
 
