@@ -394,3 +394,20 @@ def test_phi_and_the_saved_t_are_reachable(ann_runs, tmp_path):
     assert snn.timesteps == 6 and list(summary["accuracy_by_timestep"]) == list("123456")
     assert summary["phi"] == 0.25 and snn.act1.neuron.phi.item() == 0.25
     assert config["conversion"]["report_at"] == [1, 2]
+
+
+def test_flags_take_the_x_and_no_x_forms_and_help_says_what_each_t_means(capsys):
+    import argparse
+
+    from spikebridge.config import config_from_args
+    from spikebridge.runs.convert_cli import add_convert_arguments
+
+    parser = argparse.ArgumentParser()
+    add_convert_arguments(parser)
+    args = parser.parse_args(["RUN", "--method", "ttrbr", "--no-tune-guard", "--compensate-stream"])
+    config = config_from_args(args, ("convert",)).convert
+    assert (config.tune_guard, config.compensate_stream, config.tune_bias) == (False, True, None)
+    text = parser.format_help()
+    for words in ("T, the number of time-steps the saved spiking model", "t's to print and record",
+                  "tunes its thresholds at", "ttrbr on"):  # fmt: skip
+        assert words in " ".join(text.split()), words
