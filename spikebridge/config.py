@@ -1,41 +1,45 @@
-"""Typed dataclass configs: YAML in, command-line overrides, unknown keys refused.
+"""Training configuration: the ``data``, ``model``, ``optim`` and ``train`` sections, the named
+presets, and :func:`load_config`, which resolves any registered sections from their sources.
 
-A configuration is made of *sections*, one dataclass each (``data``, ``model``, ``optim``,
-``train``; later ``distill``, ``convert``, ...). Adding a section is one registration::
-
-    @register_section("distill")
-    @dataclass
-    class DistillConfig:
-        kd_weight: float = option(0.3, "weight w of the KD term (METHODS 1.3)")
-
-Every field gets a *flat name* (its field name, unique across all sections), which is its
-YAML key and its command-line option: ``kd_weight`` <-> ``--kd-weight`` <-> ``distill.kd_weight``.
-Help text comes from the field's metadata (``option(...)``) or from the ``help`` dict given
-at registration (used for :class:`~spikebridge.models.ModelConfig`, defined elsewhere).
-
-Sources, later wins: a base dict (e.g. a run's stored ``config.json``), a YAML file (nested
-by section *or* flat keys), explicit overrides (command line or Python dict). Any unknown key
-is a :class:`ConfigError` naming the nearest valid key.
+The config API in one place: the machinery (sections, value coercion, YAML, unknown keys,
+:mod:`spikebridge.config_core`) and the argparse side (``--config``, one option per field,
+deprecated spellings, :mod:`spikebridge.config_cli`) are re-exported here; the sections of
+the other commands (eval, compare, ...) are :mod:`spikebridge.config_commands`.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import difflib
-import functools
-import inspect
-import math
-import re
-import types
-import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from spikebridge.config_cli import (  # noqa: F401 - re-exported: the config API in one place
+    add_config_arguments,
+    config_from_args,
+    deprecated_alias,
+    given_options,
+    warn_deprecated,
+)
+from spikebridge.config_core import (  # noqa: F401 - re-exported
+    SECTIONS,
+    Config,
+    Section,
+    build_section,
+    check_count,
+    check_sections,
+    coerce,
+    flat_names,
+    merge_sources,
+    option,
+    preset_values,
+    read_yaml,
+    register_finisher,
+    register_presets,
+    register_section,
+    resolve_config,
+    shared_sections,
+)
 from spikebridge.data import DATASETS
 from spikebridge.errors import ConfigError
 from spikebridge.models import ModelConfig
@@ -83,98 +87,12 @@ ANN_DEFAULTS: dict[str, dict[str, Any]] = {
     "qcfs": {"zero_init_residual": True, "threshold": 2.0},
 }
 # Defaults that depend on other options, as --help shows them.
+register_presets(PRESETS)
 DEFAULT_SHOWN = {
     "zero_init_residual": "on for clip/qcfs ANNs, else off",
-    "threshold": "lif 0.5, if 1.0, clip 8.0, qcfs 2.0",
+    "threshold": "lif 0.5, if 1.0",
 }
 DEVICES_HELP = "auto (cuda if available, else cpu), cpu, cuda, cuda:N"
-
-
-def option(default: Any, help: str, choices: Iterable[Any] | None = None) -> Any:
-    """A dataclass field with its help text (and allowed values) in the metadata."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None}
-    return field(default=default, metadata=meta)
-
-
-@dataclass(frozen=True)
-class Section:
-    """A registered config section: its dataclass plus CLI/YAML naming and help."""
-
-    name: str
-    cls: type
-    help: Mapping[str, str]
-    choices: Mapping[str, tuple[Any, ...]]
-    flat_names: Mapping[str, str]  # field name -> flat name (default: the field name)
-    cli_hidden: frozenset[str]  # fields not offered as options (e.g. set from the dataset)
-
-    def fields(self) -> list[dataclasses.Field[Any]]:
-        return list(fields(self.cls))
-
-    def field_names(self) -> list[str]:
-        return [f.name for f in fields(self.cls)]
-
-    def flat(self, name: str) -> str:
-        return self.flat_names.get(name, name)
-
-    def help_of(self, f: dataclasses.Field[Any]) -> str:
-        """Help text: field metadata, else the registration's dict, else the source comment."""
-        return (
-            f.metadata.get("help") or self.help.get(f.name) or _comments(self.cls).get(f.name, "")
-        )
-
-    def choices_of(self, f: dataclasses.Field[Any]) -> tuple[Any, ...] | None:
-        return f.metadata.get("choices") or self.choices.get(f.name)
-
-
-@functools.cache
-def _comments(cls: type) -> dict[str, str]:
-    """``{field: comment}`` from ``name: type = default  # comment`` lines of a class's source."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    pattern = re.compile(r"^\s+(\w+):[^#\n]*#\s*(.+)$", re.MULTILINE)
-    return {name: text.strip() for name, text in pattern.findall(source)}
-
-
-SECTIONS: dict[str, Section] = {}
-_FLAT: dict[str, tuple[str, str]] = {}  # flat name -> (section, field)
-_STANDALONE: dict[str, dict[str, tuple[str, str]]] = {}  # the same, per standalone section
-
-
-def register_section(
-    name: str,
-    cls: type | None = None,
-    *,
-    help: Mapping[str, str] | None = None,
-    choices: Mapping[str, Iterable[Any]] | None = None,
-    flat_names: Mapping[str, str] | None = None,
-    cli_hidden: Iterable[str] = (),
-    standalone: bool = False,
-) -> Any:
-    """Register dataclass ``cls`` as config section ``name`` (usable as a class decorator).
-
-    Flat names must be unique across sections: a clash is refused at import time. A
-    ``standalone`` section (a command's only section, e.g. ``convert``) keeps its flat names
-    to itself, so its ``--timesteps`` or ``--out`` may mean what they mean for that command;
-    it cannot be combined with a section that uses the same names.
-    """
-
-    def register(cls: type) -> type:
-        section = Section(
-            name, cls, dict(help or {}), {k: tuple(v) for k, v in (choices or {}).items()},
-            dict(flat_names or {}), frozenset(cli_hidden),
-        )  # fmt: skip
-        taken = {section.flat(n): (name, n) for n in section.field_names()}
-        shared = set() if standalone else set(taken)  # a standalone section's names are its own
-        clash = sorted((shared | {name}) & (set(_FLAT) | set(SECTIONS)))
-        if clash:
-            raise ConfigError(f"config section {name!r} reuses the name {clash[0]!r}.")
-        SECTIONS[name] = section
-        (_STANDALONE.setdefault(name, {}) if standalone else _FLAT).update(taken)
-        return cls
-
-    return register(cls) if cls is not None else register
 
 
 @register_section("data")
@@ -331,10 +249,12 @@ MODEL_HELP = {
     "width": "channel multiplier on every stage",
     "neuron": "spiking neuron: lif (IDSNN, METHODS 1.1) or if (conversion); none = ANN",
     "activation": "ANN activation (METHODS 2.2)",
-    "timesteps": "T, simulation time-steps of a spiking model",
+    "timesteps": "T, the time-steps a spiking model runs at (in training and its tests)",
     "block": "residual structure; pre-add is our restructured block (METHODS 2.5)",
-    "threshold": "neuron threshold or initial lambda of clip/qcfs; none = the default of each",
-    "decay": "LIF membrane leak per step (METHODS 1.1)",
+    "threshold": "firing threshold θ of the spiking neuron (a clip/qcfs ANN's clipping level "
+    "is --initial-lambda); none = the neuron's default",
+    "decay": "LIF: fraction of the membrane potential kept from one step to the next, "
+    "h_t = decay · v_(t-1) + x_t (1 = no leak; METHODS 1.1)",
     "surrogate": "surrogate gradient of the spike function",
     "surrogate_alpha": "surrogate width/sharpness; none = the surrogate's default",
     "phi": "IF initial potential as a fraction of the threshold (METHODS 2.1)",
@@ -362,224 +282,10 @@ register_section(
     },  # fmt: skip
     flat_names={"name": "model"},
     cli_hidden=("num_classes", "in_channels"),
+    shown=DEFAULT_SHOWN,
 )
 
 TRAIN_SECTIONS = ("data", "model", "optim", "train")
-
-
-class Config:
-    """A resolved configuration: one dataclass instance per section, read as attributes.
-
-    ``config.model`` is a :class:`ModelConfig`, ``config.optim`` an :class:`OptimConfig`, ...
-    """
-
-    def __init__(self, **sections: Any) -> None:
-        self.__dict__["_sections"] = dict(sections)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["_sections"][name]
-        except KeyError:
-            raise AttributeError(f"config has no section {name!r}") from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("Config is read-only; use Config.replace(section, **changes)")
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Config) and self.to_dict() == other.to_dict()
-
-    def __repr__(self) -> str:
-        return f"Config({self.to_dict()!r})"
-
-    @property
-    def sections(self) -> tuple[str, ...]:
-        return tuple(self._sections)
-
-    def replace(self, section: str, **changes: Any) -> Config:
-        """A copy with some fields of one section changed (validated like any input)."""
-        values = {**dataclasses.asdict(self._sections[section]), **changes}
-        return Config(**{**self._sections, section: build_section(section, values)})
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Nested plain dict (JSON/YAML-ready: tuples become lists)."""
-        return {name: _plain(dataclasses.asdict(obj)) for name, obj in self._sections.items()}
-
-
-def _plain(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-
-
-# ----------------------------------------------------------------------------- values
-
-
-def _describe(hint: Any) -> str:
-    words = {bool: "true/false", int: "an integer", float: "a finite number", str: "a string"}
-    words[type(None)] = "none"
-    return " or ".join(words.get(a, "comma-separated numbers") for a in _union_args(hint))
-
-
-def _union_args(hint: Any) -> tuple[Any, ...]:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return typing.get_args(hint)
-    return (hint,)
-
-
-def _convert(value: Any, kind: Any) -> Any:
-    """Convert ``value`` to ``kind`` (bool, int, float, str, tuple[float, ...]) or raise."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-        return words[str(value).lower()]
-    if kind in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError
-        if kind is int and isinstance(value, float):
-            raise ValueError
-        number = kind(value)
-        if not math.isfinite(number):  # nan / inf: never a meaningful setting
-            raise ValueError
-        return number
-    if kind is str:
-        if not isinstance(value, str):
-            raise ValueError
-        return value
-    if typing.get_origin(kind) is tuple:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise ValueError
-        item = (typing.get_args(kind) or (float,))[0]  # tuple[int, ...]: integers
-        return tuple(_convert(v, item) for v in items if not (isinstance(v, str) and not v))
-    raise ValueError
-
-
-def coerce(value: Any, hint: Any, key: str) -> Any:
-    """Return ``value`` as type ``hint`` (a field annotation); ConfigError naming ``key``."""
-    args = _union_args(hint)
-    is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
-    if is_none and type(None) in args:
-        return None
-    kinds = [a for a in args if a is not type(None)]
-    if not isinstance(value, str):  # keep a native value of an allowed type as it is
-        kinds = sorted(kinds, key=lambda k: k is not type(value))
-    for kind in kinds:
-        try:
-            return _convert(value, kind)
-        except (ValueError, KeyError, TypeError):
-            continue
-    raise ConfigError(f"config key {key!r} is {value!r}; expected {_describe(hint)}.")
-
-
-def build_section(name: str, values: Mapping[str, Any]) -> Any:
-    """Instantiate section ``name`` from raw values (strings or native), validated."""
-    section = SECTIONS[name]
-    hints = typing.get_type_hints(section.cls)
-    kwargs = {}
-    for f in section.fields():
-        if f.name not in values:
-            continue
-        key = section.flat(f.name)
-        value = coerce(values[f.name], hints[f.name], key)
-        allowed = section.choices_of(f)
-        if allowed is not None and value not in allowed:
-            shown = ", ".join("none" if a is None else str(a) for a in allowed)
-            raise ConfigError(f"config key {key!r} is {value!r}; expected one of {shown}.")
-        kwargs[f.name] = value
-    return section.cls(**kwargs)
-
-
-def check_count(option: str, value: int | None, low: int = 1) -> None:
-    """ConfigError unless ``value`` (a count given as ``option``, e.g. ``--batch-size``) is
-    None (the default) or an integer >= ``low``: 0 or -1 never silently means "all" or
-    "the default"."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-        raise ConfigError(
-            f"{option} is {value!r}; expected an integer >= {low} (leave it out for the default)."
-        )
-
-
-# ----------------------------------------------------------------------------- keys
-
-
-def _unknown(key: str, candidates: Iterable[str], sections: Iterable[str]) -> ConfigError:
-    """The error for an unknown key: names the nearest valid key (difflib)."""
-    owner = _FLAT.get(key.replace("-", "_"))
-    if owner is not None and owner[0] not in sections:
-        return ConfigError(
-            f"config key {key!r} belongs to the {owner[0]!r} section, which this command does "
-            f"not use (sections: {', '.join(sections)})."
-        )
-    near = difflib.get_close_matches(key.replace("-", "_"), list(candidates), n=1, cutoff=0.0)
-    hint = f"; did you mean {near[0]!r}?" if near else "."
-    return ConfigError(f"unknown config key {key!r}{hint}")
-
-
-def _resolve(key: str, value: Any, sections: tuple[str, ...]) -> list[tuple[str, str, Any]]:
-    """Map one raw key (section, ``section.field``, flat, dashes or underscores) to fields."""
-    k = key.replace("-", "_")
-    if k in sections and isinstance(value, Mapping):
-        return [_resolve_field(k, sub, v) for sub, v in value.items()]
-    if "." in k and k.split(".", 1)[0] in sections:
-        return [_resolve_field(*k.split(".", 1), value)]
-    flat = _flat_names(sections)
-    if k in flat:
-        return [(*flat[k], value)]
-    valid = list(flat) + list(sections)
-    raise _unknown(key, valid, sections)
-
-
-def shared_sections() -> tuple[str, ...]:
-    """Every registered section but the standalone ones: the sections a train-like config
-    (an experiment's ``train:`` block) may draw its keys from."""
-    return tuple(name for name in SECTIONS if name not in _STANDALONE)
-
-
-def _flat_names(sections: tuple[str, ...]) -> dict[str, tuple[str, str]]:
-    """``{flat name: (section, field)}`` of ``sections`` (standalone ones included)."""
-    names = {flat: owner for flat, owner in _FLAT.items() if owner[0] in sections}
-    for section in sections:
-        own = _STANDALONE.get(section, {})
-        if clash := sorted(set(own) & set(names)):
-            raise ConfigError(f"config section {section!r} cannot be used with another section "
-                              f"that also has {clash[0]!r}.")  # fmt: skip
-        names |= own
-    return names
-
-
-def _resolve_field(section: str, key: str, value: Any) -> tuple[str, str, Any]:
-    name = str(key).replace("-", "_")
-    names = SECTIONS[section].field_names()
-    if name not in names:
-        raise _unknown(f"{section}.{key}", [f"{section}.{n}" for n in names], [section])
-    return section, name, value
-
-
-def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """Read a YAML file (a mapping; ``what`` names it in errors, e.g. ``experiment file``);
-    ConfigError (one line, with the position of a syntax error) when it is missing,
-    unreadable or malformed."""
-    name = f"{what} {str(path)!r}"
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {name} ({exc.strerror}).") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{name} is not UTF-8 text; expected a YAML text file.") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{name} is not valid YAML ({_yaml_problem(exc)}).") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name} must hold a mapping of keys to values.")
-    return data
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """``line L, column C: <problem>`` of a YAML error, on one line."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return where + " ".join(str(problem).split())
 
 
 def load_config(
@@ -594,105 +300,20 @@ def load_config(
 
     Keys anywhere may be nested (``{"optim": {"lr": 0.1}}``), dotted (``"optim.lr"``) or
     flat (``"lr"``, ``"batch-size"``); ``model`` with a string value is ``model.name``.
-    Example: ``load_config(overrides={"dataset": "synthetic", "width": 0.25})``.
+    Example: ``load_config(overrides={"dataset": "synthetic", "width": 0.25})``; any
+    registered sections, e.g. ``load_config(("eval",), overrides={"timesteps": 4})``.
     """
-    sections = tuple(sections)
-    values: dict[str, dict[str, Any]] = {s: {} for s in sections}
-    sources = [base, preset_values(preset, sections), read_yaml(yaml_path) if yaml_path else None]
-    for source in [*sources, overrides]:
-        for key, value in (source or {}).items():
-            for section, name, v in _resolve(str(key), value, sections):
-                values[section][name] = v
-    config = Config(**{s: build_section(s, values[s]) for s in sections})
-    return _conversion_aware_defaults(config, given=set(values.get("model", {})))
+    return resolve_config(
+        sections, base=base, yaml_path=yaml_path, overrides=overrides, preset=preset
+    )
 
 
-def _conversion_aware_defaults(config: Config, given: set[str]) -> Config:
+@register_finisher
+def _conversion_aware_defaults(config: Config, given: Mapping[str, Mapping[str, Any]]) -> Config:
     """A clip/qcfs ANN takes :data:`ANN_DEFAULTS` for each model key no source set (so the
     stored config.json holds the value); every other model keeps the field defaults."""
     if "model" not in config.sections or config.model.neuron is not None:
         return config
     extra = ANN_DEFAULTS.get(config.model.activation, {})
-    extra = {key: value for key, value in extra.items() if key not in given}
+    extra = {key: value for key, value in extra.items() if key not in given.get("model", {})}
     return config.replace("model", **extra) if extra else config
-
-
-def preset_values(name: str | None, sections: Iterable[str]) -> dict[str, Any]:
-    """The flat keys of preset ``name`` that belong to ``sections`` (none: ``{}``)."""
-    if name is None:
-        return {}
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}.")
-    owned = set(_flat_names(tuple(sections)))
-    return {k: v for k, v in PRESETS[name].items() if k in owned}
-
-
-# ----------------------------------------------------------------------------- argparse
-
-
-def _default_text(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-def add_config_arguments(
-    parser: argparse.ArgumentParser, sections: Iterable[str], presets: bool = True
-) -> None:
-    """Add ``--config FILE.yaml``, ``--preset`` (when ``presets``; a command no preset is
-    for leaves it out) and one option per field of each section (with help).
-
-    Options default to "not given" (``argparse.SUPPRESS``) so that only explicit ones
-    override the YAML file; the field default is shown in the help text instead.
-    """
-    parser.add_argument(
-        "--config", metavar="FILE.yaml", help="YAML config (nested by section or flat keys); "
-        "options given on the command line override it",
-    )  # fmt: skip
-    if presets:
-        parser.add_argument(
-            "--preset", choices=tuple(PRESETS), help="named recipe applied under --config and "
-            "the options (idsnn-paper: the IDSNN authors' SGD, 200 epochs, x0.1 at 60/120/160)",
-        )  # fmt: skip
-    for name in sections:
-        section = SECTIONS[name]
-        group = parser.add_argument_group(f"{name} options")
-        for f in section.fields():
-            if f.name not in section.cli_hidden:
-                _add_field_option(group, section, f)
-
-
-def _add_field_option(group: Any, section: Section, f: dataclasses.Field[Any]) -> None:
-    flat = section.flat(f.name)
-    shown = f.metadata.get("shown") or DEFAULT_SHOWN.get(f.name, _default_text(f.default))
-    text = f"{section.help_of(f)} (default: {shown})".replace("%", "%%")
-    kwargs: dict[str, Any] = dict(dest=f"{section.name}.{f.name}", default=argparse.SUPPRESS)
-    choices = section.choices_of(f)
-    if typing.get_type_hints(section.cls)[f.name] is bool:
-        kwargs["action"] = argparse.BooleanOptionalAction
-    elif choices is not None:
-        kwargs["metavar"] = "{" + ",".join(_default_text(c) for c in choices) + "}"
-    else:
-        kwargs["metavar"] = flat.upper()
-    group.add_argument("--" + flat.replace("_", "-"), help=text, **kwargs)
-
-
-def given_options(args: argparse.Namespace, sections: Iterable[str]) -> dict[str, Any]:
-    """The config options given explicitly on the command line, as ``{"section.field": value}``."""
-    sections = tuple(sections)
-    return {k: v for k, v in vars(args).items() if k.split(".", 1)[0] in sections and "." in k}
-
-
-def config_from_args(
-    args: argparse.Namespace, sections: Iterable[str], base: Mapping[str, Any] | None = None
-) -> Config:
-    """Resolve the config of a parsed command line: ``base`` < ``--config`` < options."""
-    sections = tuple(sections)
-    return load_config(
-        sections, base=base, yaml_path=args.config, overrides=given_options(args, sections),
-        preset=getattr(args, "preset", None),
-    )  # fmt: skip

@@ -18,7 +18,7 @@ one-thread processes finish the demo sooner than one two-thread process.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -35,6 +35,8 @@ from typing import Any
 import torch
 
 from spikebridge.analysis import measurement_at
+from spikebridge.config import Config, DataConfig, OptimConfig, TrainConfig
+from spikebridge.config_commands import DemoConfig
 from spikebridge.demo_progress import (
     PLAIN_EVERY_S,
     REDRAW_EVERY_S,
@@ -45,8 +47,9 @@ from spikebridge.demo_progress import (
 from spikebridge.engine.checkpoint import read_json
 from spikebridge.engine.rundir import prepare_output_folder, validate_run_dir
 from spikebridge.errors import ConfigError, SpikebridgeError
+from spikebridge.models import ModelConfig
 from spikebridge.runs.conversion import convert_run
-from spikebridge.runs.idsnn import distill_run
+from spikebridge.runs.idsnn import DistillConfig, distill_run
 from spikebridge.runs.train import train_run
 
 # The demo budget, sized for about 15 minutes on 2 quiet CPU cores in two one-thread lanes
@@ -61,15 +64,20 @@ from spikebridge.runs.train import train_run
 # ReLU teacher is not converted here: `spikebridge convert` does it.
 # Pinned: values that were defaults when the demo's figures were recorded (batch 64, no
 # gradient clipping, QCFS ANN without zero-initialised residual branches), so they reproduce.
-DEMO_DATA = {"dataset": "fashion-mnist", "subset": 16000, "val_size": 3000, "batch_size": 64,
-             "augment": False, "lr": 0.1, "grad_clip": None}  # fmt: skip
-TEACHER = {"model": "resnet32", "width": 0.5, "epochs": 2}
-TEACHER_DATA: dict[str, Any] = {"subset": None}  # the whole training file, less val_size
-STUDENT = {"model": "resnet20", "width": 0.5, "neuron": "lif", "timesteps": 4, "epochs": 4}
+# Each is a typed config section, the objects `spikebridge train` builds from its options.
+DEMO_DATA = DataConfig(dataset="fashion-mnist", subset=16000, val_size=3000, batch_size=64,
+                       augment=False)  # fmt: skip
+TEACHER_DATA = dataclasses.replace(DEMO_DATA, subset=None)  # the whole file, less val_size
+DEMO_OPTIM = OptimConfig(lr=0.1, grad_clip=None)
+TEACHER = ModelConfig(name="resnet32", width=0.5)
+TEACHER_EPOCHS = 2
+STUDENT = ModelConfig(name="resnet20", width=0.5, neuron="lif", timesteps=4)
+STUDENT_EPOCHS = 4
+STUDENT_KD = DistillConfig(init="first", kd_weight=0.3)  # the teacher is set per demo folder
 # A conversion-aware ANN (QCFS, pre-add blocks; METHODS 2.2, 2.5) beside the teacher.
-QCFS_ANN = {"model": "resnet20", "width": 0.5, "epochs": 3, "activation": "qcfs",
-            "qcfs_levels": 4, "block": "pre-add", "threshold": 2.0,
-            "zero_init_residual": False}  # fmt: skip
+QCFS_ANN = ModelConfig(name="resnet20", width=0.5, activation="qcfs", qcfs_levels=4,
+                       block="pre-add", threshold=2.0, zero_init_residual=False)  # fmt: skip
+QCFS_EPOCHS = 3
 CONVERT_TIMESTEPS = list(range(1, 17))
 DEMO_OUTPUTS = ("demo.md", "demo.json")
 QCFS_METHODS = ("qcfs", "ttrbr")
@@ -300,22 +308,34 @@ def default_jobs(threads: int) -> int:
     return 2 if threads >= 2 else 1
 
 
+def _run_config(
+    data: DataConfig, model: ModelConfig, epochs: int, out: Path, threads: int | None,
+    progress: bool,
+) -> Config:  # fmt: skip
+    """One demo run's config: the demo's optimizer; resumed when the demo is run again (a
+    demo killed mid-training continues the interrupted run)."""
+    train = TrainConfig(epochs=epochs, threads=threads, progress=progress, resume=True,
+                        out=str(out))  # fmt: skip
+    return Config(data=data, model=model, optim=DEMO_OPTIM, train=train)
+
+
 def demo_steps(out: Path, threads: int | None, progress: bool) -> list[Step]:
     """The demo's steps, the longest chain (teacher -> IDSNN student) first."""
-    common = {**DEMO_DATA, "threads": threads, "progress": progress, "resume": True}
-    student = {**common, **STUDENT}
     teacher_dir, qcfs_dir = out / "teacher", out / "qcfs-ann"
     qcfs_step = "conversion-aware ANN (QCFS, pre-add)"
+    lane = {"threads": threads, "progress": progress}
+    teacher = _run_config(TEACHER_DATA, TEACHER, TEACHER_EPOCHS, teacher_dir, **lane)
+    snn = _run_config(DEMO_DATA, STUDENT, STUDENT_EPOCHS, out / "snn-baseline", **lane)
+    student = _run_config(DEMO_DATA, STUDENT, STUDENT_EPOCHS, out / "idsnn", **lane)
+    kd = dataclasses.replace(STUDENT_KD, teacher=str(teacher_dir))
+    qcfs = _run_config(DEMO_DATA, QCFS_ANN, QCFS_EPOCHS, qcfs_dir, **lane)
     steps = [
-        Step("teacher ANN", teacher_dir, train_run,
-             ({**common, **TEACHER_DATA, **TEACHER, "out": str(teacher_dir)},)),
-        Step("directly trained SNN", out / "snn-baseline", train_run,
-             ({**student, "out": str(out / "snn-baseline")},)),
+        Step("teacher ANN", teacher_dir, train_run, (teacher,)),
+        Step("directly trained SNN", out / "snn-baseline", train_run, (snn,)),
         Step("IDSNN student", out / "idsnn", distill_run,
-             ({**student, "teacher": str(teacher_dir), "init": "first", "kd_weight": 0.3,
-               "out": str(out / "idsnn")},), after=("teacher ANN",)),
-        Step(qcfs_step, qcfs_dir, train_run,
-             ({**common, **QCFS_ANN, "out": str(qcfs_dir)},)),
+             (Config(**{s: getattr(student, s) for s in student.sections}, distill=kd),),
+             after=("teacher ANN",)),
+        Step(qcfs_step, qcfs_dir, train_run, (qcfs,)),
     ]  # fmt: skip
     for method in QCFS_METHODS:
         conv_dir = out / f"converted-{qcfs_dir.name}-{method}"
@@ -326,13 +346,19 @@ def demo_steps(out: Path, threads: int | None, progress: bool) -> list[Step]:
 
 
 def run_demo(
-    out: str | Path = "demo_runs", threads: int | None = None, log=print, jobs: int | None = None
+    out: str | Path | DemoConfig = "demo_runs",
+    threads: int | None = None,
+    log=print,
+    jobs: int | None = None,
 ) -> dict:
     """Run (or reuse) every demo step under ``out``; returns the comparison rows.
 
     ``threads``: torch threads in all (default: torch's choice), shared by ``jobs`` worker
     processes (default: ``default_jobs``); ``jobs=1`` runs in this process, with progress bars.
+    ``out`` may be a :class:`DemoConfig` holding all three (what ``spikebridge demo`` builds).
     """
+    if isinstance(out, DemoConfig):
+        out, threads, jobs = out.out, out.threads, out.jobs
     total = threads or torch.get_num_threads()
     jobs = default_jobs(total) if jobs is None else jobs
     if jobs < 1:
@@ -345,13 +371,11 @@ def run_demo(
     log(f"[demo] {len(steps)} steps, {jobs} at a time, {per_job} torch thread(s) each")
     run_steps(steps, jobs, log, per_job)
     summary = {s.name: read_json(s.run_dir / "summary.json") for s in steps}
-    T = STUDENT["timesteps"]
-    rows = [
-        _row(f"teacher ANN ({TEACHER['model']} x{TEACHER['width']})", summary["teacher ANN"], 1)
-    ]
+    T = STUDENT.timesteps
+    rows = [_row(f"teacher ANN ({TEACHER.name} x{TEACHER.width})", summary["teacher ANN"], 1)]
     rows += [_row("SNN trained directly", summary["directly trained SNN"], T),
              _row("IDSNN student", summary["IDSNN student"], T)]  # fmt: skip
-    rows.append(_row(f"QCFS pre-add ANN ({QCFS_ANN['model']} x{QCFS_ANN['width']})",
+    rows.append(_row(f"QCFS pre-add ANN ({QCFS_ANN.name} x{QCFS_ANN.width})",
                      summary["conversion-aware ANN (QCFS, pre-add)"], 1))  # fmt: skip
     converted = {}
     for method in QCFS_METHODS:
@@ -368,24 +392,3 @@ def run_demo(
         f"scored on the whole test file, the rest on a balanced sample; tables in "
         f"{out}/demo.md)")  # fmt: skip
     return result
-
-
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="demo_runs", help="folder of the demo's runs")
-    parser.add_argument(
-        "--threads", type=int, help="torch threads in all (default: torch's choice)"
-    )
-    parser.add_argument("--jobs", type=int,
-                        help="steps run side by side in worker processes, sharing the threads "
-                        "(default: 2 when there are 2 threads or more; 1 = one process, with "
-                        "progress bars)")  # fmt: skip
-
-
-def run_demo_command(args: argparse.Namespace) -> int:
-    try:
-        run_demo(args.out, args.threads, jobs=args.jobs)
-    except KeyboardInterrupt:
-        print("interrupted; run the same demo command again: finished steps are reused and "
-              "interrupted ones resume", file=sys.stderr)  # fmt: skip
-        return 130
-    return 0

@@ -83,16 +83,28 @@ def test_snn_run_learns_and_reports_every_timestep(snn_run):
 
 
 def test_eval_subcommand_reports_requested_timesteps(snn_run, capsys):
-    assert main(["eval", str(snn_run), "--timesteps", "1,2"]) == 0
+    assert main(["eval", str(snn_run), "--report-at", "1,2"]) == 0
     report = json.loads((snn_run / "eval.json").read_text())
     summary = json.loads((snn_run / "summary.json").read_text())
     expected = {t: summary["accuracy_by_timestep"][t] for t in ("1", "2")}
     assert report["accuracy_by_timestep"] == expected
-    table = capsys.readouterr().out
-    assert "accuracy" in table and table.count("%") == 2
+    captured = capsys.readouterr()
+    assert "accuracy" in captured.out and captured.out.count("%") == 2 and captured.err == ""
     assert main(["eval", str(snn_run), "--timesteps", "3", "--split", "val"]) == 0
     report = json.loads((snn_run / "eval.json").read_text())
     assert list(report["accuracy_by_timestep"]) == ["1", "2", "3"] and report["split"] == "val"
+
+
+def test_eval_old_timestep_list_still_works_with_a_notice(snn_run, tmp_path, capsys):
+    """``--timesteps 1,2`` (before issue 22) is ``--report-at 1,2``, and a --config file
+    is overridden by the command line."""
+    (tmp_path / "eval.yaml").write_text("eval: {split: val, report_at: [3]}\n")
+    argv = ["eval", str(snn_run), "--config", str(tmp_path / "eval.yaml"), "--split", "test"]
+    assert main([*argv, "--timesteps", "1,2"]) == 0
+    err = capsys.readouterr().err
+    assert err == "warning: --timesteps with a list is deprecated; use --report-at 1,2\n"
+    report = json.loads((snn_run / "eval.json").read_text())
+    assert list(report["accuracy_by_timestep"]) == ["1", "2"] and report["split"] == "test"
 
 
 def test_eval_of_an_ann_refuses_timesteps(ann_run, capsys):

@@ -119,18 +119,19 @@ def test_compare_json_to_a_folder_is_refused_before_the_comparison(runs, tmp_pat
           "{tmp}/c"], ["--test-images is 0"]),
         (["convert", "{ann}", "--method", "maxnorm", "--calibration-size", "0",
           "--out", "{tmp}/c"], ["--calibration-size is 0"]),
-        (["analyze", "{ann}", "--method", "maxnorm", "--images", "0"], ["--images is 0"]),
+        (["analyze", "{ann}", "--method", "maxnorm", "--calibration-images", "0"],
+         ["--calibration-images is 0"]),
         (["distill", "--teacher", "{lif}", *TINY_ARGS, "--out", "{tmp}/c"],
          ["holds a spiking network", "expected an ANN run"]),
         (["train", "--bogus"], ["unrecognized arguments: --bogus"]),
         (["eval", "{lif}", "--timesteps", "100000000"],
          ["simulating resnet20 for T = 100000000 steps", "memory is free", "--timesteps"]),
-        (["compare", "{ann}", "{lif}", "--timesteps", "1,100000000"],
+        (["compare", "{ann}", "{lif}", "--report-at", "1,100000000"],
          ["simulating resnet20 for T = 100000000 steps"]),
     ],
     ids=["compare-test-images-neg", "compare-batch-0", "eval-batch-0", "convert-test-images-0",
-         "convert-calibration-0", "analyze-images-0", "distill-snn-teacher", "unknown-option",
-         "eval-huge-T", "compare-huge-T"],
+         "convert-calibration-0", "analyze-calibration-images-0", "distill-snn-teacher",
+         "unknown-option", "eval-huge-T", "compare-huge-T"],
 )  # fmt: skip
 def test_bad_counts_and_inputs_of_readers(runs, tmp_path, argv, words):
     before = {name: tree(run) for name, run in runs.items()}

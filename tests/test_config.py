@@ -5,16 +5,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from spikebridge import config as C
+from spikebridge import config_core as C
 from spikebridge.config import (
     TRAIN_SECTIONS,
     Config,
-    add_config_arguments,
-    config_from_args,
     load_config,
     option,
     register_section,
 )
+from spikebridge.config_cli import add_config_arguments, config_from_args
 from spikebridge.errors import ConfigError
 from spikebridge.models import ModelConfig
 
@@ -27,7 +26,7 @@ def write(tmp_path, text):
 
 def parse(argv, sections=TRAIN_SECTIONS):
     parser = argparse.ArgumentParser()
-    add_config_arguments(parser, sections)
+    add_config_arguments(parser, sections, presets=True)
     return config_from_args(parser.parse_args(argv), sections)
 
 
@@ -196,7 +195,7 @@ def test_help_shows_every_option_with_its_default():
         "--qcfs-levels QCFS_LEVELS quantization levels L of the qcfs activation (4 in every "
         "run of docs/RESULTS.md) (default: 4)",
         "(default: on for clip/qcfs ANNs, else off)",
-        "(default: lif 0.5, if 1.0, clip 8.0, qcfs 2.0)",
+        "(default: lif 0.5, if 1.0)",
         "--milestones MILESTONES",
         "(default: 0.3,0.6,0.8)",
         "--progress, --no-progress",
@@ -212,7 +211,7 @@ def test_help_shows_every_option_with_its_default():
 @pytest.fixture
 def isolated_registry(monkeypatch):
     monkeypatch.setattr(C, "SECTIONS", dict(C.SECTIONS))
-    monkeypatch.setattr(C, "_FLAT", dict(C._FLAT))
+    monkeypatch.setattr(C, "_FLAT", {k: list(v) for k, v in C._FLAT.items()})
 
 
 def test_a_new_section_is_one_registered_dataclass(isolated_registry, tmp_path):
@@ -235,13 +234,26 @@ def test_a_new_section_is_one_registered_dataclass(isolated_registry, tmp_path):
         load_config(TRAIN_SECTIONS, overrides={"toy_weight": 0.1})
 
 
-def test_flat_name_clash_is_refused(isolated_registry):
+def test_a_flat_name_may_repeat_across_sections_but_not_within_a_command(isolated_registry):
+    """``eval`` and ``train`` both have a ``device``; one command never combines two
+    sections that share a name (which of them would ``--lr`` set?)."""
+
     @dataclass
     class Clash:
         lr: float = 0.1
 
-    with pytest.raises(ConfigError, match="reuses the name 'lr'"):
+    register_section("other", Clash)
+    assert load_config(("other",), overrides={"lr": 0.5}).other.lr == 0.5
+    assert load_config(("optim",), overrides={"lr": 0.5}).optim.lr == 0.5
+    with pytest.raises(ConfigError, match="both use the name 'lr'"):
+        load_config(("optim", "other"))
+    with pytest.raises(ConfigError, match="registered twice"):
         register_section("other", Clash)
+    # a command's own (standalone) section is no key source of a run's config
+    import spikebridge.config_commands  # noqa: F401 - registers eval, compare, ...
+
+    assert "eval" in C.SECTIONS and "eval" not in C.shared_sections()
+    assert {"data", "model", "optim", "train", "other"} <= set(C.shared_sections())
 
 
 def test_config_is_read_only_and_replace_validates():

@@ -193,3 +193,35 @@ def test_demo_refuses_a_folder_of_foreign_files_and_leaves_it_as_it_was(tmp_path
         run_demo(tmp_path, jobs=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.md", "notes.txt"]
     assert (tmp_path / "demo.md").read_bytes() == b"my own table\n"
+
+
+def test_demo_steps_are_typed_configs_with_the_recorded_settings(tmp_path):
+    """The demo builds the objects `spikebridge train` / `distill` build from options; its
+    settings are those its figures in docs/RESULTS.md were recorded with (so finished steps
+    are reused and the table reproduces)."""
+    from spikebridge.config import TRAIN_SECTIONS, Config, load_config
+    from spikebridge.demo import demo_steps
+    from spikebridge.runs.idsnn import DISTILL_SECTIONS, STUDENT_DEFAULTS
+
+    data = {"dataset": "fashion-mnist", "subset": 16000, "val_size": 3000, "batch_size": 64,
+            "augment": False, "lr": 0.1, "grad_clip": None, "threads": 1, "progress": False,
+            "resume": True}  # fmt: skip
+    student = {**data, "model": "resnet20", "width": 0.5, "neuron": "lif", "timesteps": 4,
+               "epochs": 4}  # fmt: skip
+    recorded = {
+        "teacher": {**data, "subset": None, "model": "resnet32", "width": 0.5, "epochs": 2},
+        "snn-baseline": student,
+        "qcfs-ann": {**data, "model": "resnet20", "width": 0.5, "epochs": 3,
+                     "activation": "qcfs", "qcfs_levels": 4, "block": "pre-add",
+                     "threshold": 2.0, "zero_init_residual": False},
+    }  # fmt: skip
+    steps = {s.run_dir.name: s for s in demo_steps(tmp_path, 1, False)}
+    for name, values in recorded.items():
+        config = steps[name].args[0]
+        assert isinstance(config, Config)
+        expected = load_config(TRAIN_SECTIONS, overrides={**values, "out": str(tmp_path / name)})
+        assert config == expected, name
+    kd = {**student, "teacher": str(tmp_path / "teacher"), "init": "first", "kd_weight": 0.3,
+          "out": str(tmp_path / "idsnn")}  # fmt: skip
+    expected = load_config(DISTILL_SECTIONS, base=STUDENT_DEFAULTS, overrides=kd)
+    assert steps["idsnn"].args[0] == expected

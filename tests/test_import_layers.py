@@ -26,13 +26,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("data",),
     ("nn",),
     ("models",),
-    ("config",),
+    ("config", "config_core", "config_cli", "config_commands"),
     ("methods", "conversion"),
     ("engine",),
     ("analysis", "export"),
     ("runs",),
     ("experiments",),
-    ("demo", "demo_progress", "cli", "cli_report", "__main__"),
+    ("demo", "demo_progress", "cli", "__main__"),
 )
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

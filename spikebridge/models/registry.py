@@ -79,7 +79,7 @@ class ModelConfig:
     timesteps: int = 4  # T, used when spiking
     block: str = "post-add"  # residual structure: post-add | pre-add (METHODS 2.5)
     threshold: float | None = None  # θ (LIF 0.5, IF 1.0) or initial λ of clip/qcfs (8.0)
-    decay: float = 0.25  # LIF leak (METHODS 1.1)
+    decay: float = 0.25  # LIF: fraction of the membrane potential kept per step (METHODS 1.1)
     surrogate: str = "rect"  # rect | sigmoid | atan
     surrogate_alpha: float | None = None  # surrogate width/sharpness; None = its default
     phi: float = 0.5  # IF initial potential, fraction of θ (METHODS 2.1)

@@ -212,7 +212,8 @@ class SpikingNeuron(nn.Module):
 
     Args:
         threshold: θ; a float, or a per-channel tensor ``[C]`` (channel-wise thresholds).
-        decay: membrane leak per step (1.0 = IF, 0.25 = IDSNN's LIF).
+        decay: fraction of the membrane potential kept per step (1.0 = IF, no leak; 0.25 =
+            IDSNN's LIF).
         reset: ``hard`` (to 0) or ``subtract`` (by θ).
         strict: fire on ``u > θ`` (True) or ``u >= θ`` (False).
         phi: initial potential as a fraction of θ (``v_0 = φ·θ``).

@@ -3,7 +3,6 @@ a converted run, or of an ANN run converted in memory, behind ``spikebridge anal
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +41,7 @@ def analyze_run(
     images (seeded draw, not the calibration draw's order) are simulated for ``timesteps``
     steps (default: the tuning T of a ttrbr run, else 4).
     """
-    check_count("--images", images)
+    check_count("--calibration-images", images)
     check_count("--calibration-size", calibration_size)
     check_count("--timesteps", timesteps)
     dev = resolve_device(device)
@@ -81,29 +80,3 @@ def analyze_run(
     log(table.to_markdown())
     log(f"wrote {out_dir / 'errors.md'}, errors.csv, errors.png")
     return result
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``spikebridge analyze``."""
-    parser.add_argument("run_dir", metavar="RUN", help="converted run folder, or an ANN run "
-                        "with --method")  # fmt: skip
-    parser.add_argument("--timesteps", type=int, help="T to simulate (default: the tuning T, "
-                        "else 4)")  # fmt: skip
-    parser.add_argument("--images", type=int, default=256, help="training images (default 256)")
-    parser.add_argument("--method", help="convert an ANN run with this method first")
-    parser.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION,
-                        help="with --method: calibration images (default: 1024)")  # fmt: skip
-    parser.add_argument("--out", help="output folder (default: the run folder)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
-
-
-def run_analyze(args: argparse.Namespace) -> int:
-    """``spikebridge analyze``: per-layer error decomposition (METHODS 2.3, our design)."""
-    analyze_run(
-        args.run_dir, args.timesteps, args.images, args.method, args.calibration_size,
-        args.out, args.device,
-    )  # fmt: skip
-    return 0

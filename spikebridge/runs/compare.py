@@ -11,7 +11,6 @@ only the dataset and data folder must match.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,11 @@ from typing import Any
 from spikebridge.analysis import measurement_at
 from spikebridge.analysis.paired import format_paired, paired_rows
 from spikebridge.config import check_count
-from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import model_timesteps, per_image_correct
 from spikebridge.engine.memory import check_simulation_fits
 from spikebridge.errors import ConfigError
-from spikebridge.runs.conversion import eval_loader, parse_timestep_list, run_data
+from spikebridge.runs.conversion import eval_loader, run_data
 from spikebridge.runs.measure import measure_run
 from spikebridge.runs.setup import resolve_device
 
@@ -158,43 +156,3 @@ def format_operations(ops_a: dict[str, dict], ops_b: dict[str, dict], images: in
             f"{cell(a['energy_uj']):>8} {cell(b['energy_uj']):>8}"
         )
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_a", metavar="A", help="run folder (train, convert, distill)")
-    parser.add_argument("runs_b", metavar="B", nargs="+",
-                        help="run folder(s) scored on the same test split, each against A "
-                        "(A is simulated once)")  # fmt: skip
-    parser.add_argument("--timesteps", help="t to report, e.g. 1,2,4,8 (default: every t up "
-                        "to the larger model's T)")  # fmt: skip
-    parser.add_argument("--test-images", type=int,
-                        help="the first N test images only (default: all)")  # fmt: skip
-    parser.add_argument("--whole-test-set", action="store_true",
-                        help="score every image of the dataset's test file, not the runs' test "
-                        "split (a run trained with --subset keeps a sample of it)")  # fmt: skip
-    parser.add_argument("--json", help="also write the rows to this JSON file")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
-    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
-    parser.add_argument("--data-dir", help="dataset folder, if it moved (default: the run's)")
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    """``spikebridge compare A B [B ...]``: print the paired tables (and write --json: one
-    object for one B, a list of them for several)."""
-    wanted = parse_timestep_list(args.timesteps) if args.timesteps else None
-    if args.json:
-        rundir.check_output_file(args.json, "--json", "compare.json")  # before the long simulation
-    results = compare_against(
-        args.run_a, args.runs_b, wanted, args.test_images, args.device, args.batch_size,
-        args.data_dir, args.whole_test_set,
-    )  # fmt: skip
-    print(f"{results[0]['test_images']} test images, paired (same images for A and B)")
-    print("\n\n".join(r["text"] for r in results))
-    if args.json:
-        rows = [{k: v for k, v in r.items() if k != "text"} for r in results]
-        ckpt.write_json(args.json, rows[0] if len(rows) == 1 else rows)
-        print(f"wrote {args.json}")
-    return 0

@@ -1,4 +1,5 @@
-"""IDSNN runs (METHODS 1): ``distill_run`` and ``idsnn_run``, their config and CLI glue.
+"""IDSNN runs (METHODS 1): ``distill_run`` and ``idsnn_run`` and their config sections
+(the commands are :mod:`spikebridge.cli.distill` and :mod:`spikebridge.cli.idsnn`).
 
 ``distill_run(config)``: load a trained teacher run, build the (spiking) student, initialize
 it from the teacher (METHODS 1.2, unless ``init=none``), train it with the KD loss
@@ -15,7 +16,6 @@ they are, so a distilled run is read by ``spikebridge eval`` like any other run.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,8 +28,6 @@ from spikebridge.config import (
     DEFAULT_RUNS_DIR,
     TRAIN_SECTIONS,
     Config,
-    add_config_arguments,
-    config_from_args,
     load_config,
     option,
     register_section,
@@ -52,10 +50,9 @@ from spikebridge.runs.setup import (
     setup_data,
     setup_model,
     setup_runtime,
-    stored_config,
     write_config,
 )
-from spikebridge.runs.train import format_percent, format_summary, make_summary, train_run
+from spikebridge.runs.train import make_summary, train_run
 
 INIT_CHOICES = ("first", "spread", "none")
 INIT_REPORT_MD = "init_report.md"
@@ -321,56 +318,3 @@ def _idsnn_steps(config: Config, log: Log) -> dict[str, Any]:
     if ddp.is_main_process():
         ckpt.write_json(out / IDSNN_SUMMARY, result)
     return result
-
-
-# ----------------------------------------------------------------------------- CLI glue
-
-
-def format_distill(summary: Mapping[str, Any]) -> str:
-    """``train``'s headline lines, then the arm and the teacher's accuracy."""
-    extra = (
-        f"arm: {summary['arm']} (init {summary['init']}, KD weight {summary['kd_weight']}); "
-        f"teacher test accuracy: {format_percent(summary.get('teacher_accuracy'))}"
-    )
-    return format_summary(dict(summary)) + "\n" + extra
-
-
-def format_comparison(result: Mapping[str, Any]) -> str:
-    """A short teacher vs student table of ``idsnn_run``'s result."""
-    rows = [f"IDSNN pipeline in {result['out_dir']}", "| run | model | T | test (val-selected) "
-            "| final test | best test over epochs (paper comparison) |", "|---|---|---|---|---|---|"]  # fmt: skip
-    for role in ("teacher", "student"):
-        s = result[role]
-        if s:
-            rows.append(
-                f"| {role} | {s.get('model')} | {s.get('timesteps')} | "
-                f"{format_percent(s.get('test_accuracy'))} | "
-                f"{format_percent(s.get('final_test_accuracy'))} "
-                f"| {format_percent(s.get('best_test_accuracy'))} |"
-            )
-    return "\n".join(rows)
-
-
-def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, DISTILL_SECTIONS)
-
-
-def run_distill(args: argparse.Namespace) -> int:
-    """``spikebridge distill --teacher RUN ...``: a resumed run starts from its stored config."""
-    config = config_from_args(args, DISTILL_SECTIONS, base=STUDENT_DEFAULTS)
-    if config.train.resume:
-        stored = stored_config(config.train.out) or STUDENT_DEFAULTS
-        config = config_from_args(args, DISTILL_SECTIONS, base=stored)
-    print(format_distill(distill_run(config)))
-    return 0
-
-
-def add_idsnn_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, IDSNN_SECTIONS)
-
-
-def run_idsnn(args: argparse.Namespace) -> int:
-    """``spikebridge idsnn ...``: train the teacher, init and distill the student."""
-    config = config_from_args(args, IDSNN_SECTIONS, base=STUDENT_DEFAULTS)
-    print(format_comparison(idsnn_run(config)))
-    return 0

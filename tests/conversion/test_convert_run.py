@@ -399,8 +399,8 @@ def test_phi_and_the_saved_t_are_reachable(ann_runs, tmp_path):
 def test_flags_take_the_x_and_no_x_forms_and_help_says_what_each_t_means(capsys):
     import argparse
 
+    from spikebridge.cli.convert import add_arguments as add_convert_arguments
     from spikebridge.config import config_from_args
-    from spikebridge.runs.convert_cli import add_convert_arguments
 
     parser = argparse.ArgumentParser()
     add_convert_arguments(parser)

@@ -124,7 +124,8 @@ def test_convert_and_analyze_refuse_a_foreign_folder(tmp_path, capsys):
     argv = ["convert", str(ann), "--method", "maxnorm", "--device", "cpu"]
     assert main([*argv, "--out", str(out)]) == 2
     assert "not a spikebridge run folder" in one_line(capsys)
-    argv = ["analyze", str(ann), "--method", "maxnorm", "--device", "cpu", "--images", "8"]
+    argv = ["analyze", str(ann), "--method", "maxnorm", "--device", "cpu",
+            "--calibration-images", "8"]  # fmt: skip
     assert main([*argv, "--out", str(out)]) == 2
     assert "spikebridge did not write" in one_line(capsys)
     assert snapshot(out) == before

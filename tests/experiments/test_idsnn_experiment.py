@@ -92,10 +92,19 @@ def test_demo_ablation_file_has_exactly_the_demo_budget():
     path = Path(__file__).resolve().parents[2] / "experiments" / "idsnn_ablation_demo.yaml"
     spec = load_experiment(path, "demo")
     settings = spec["settings"]
-    assert {k: settings[k] for k in demo.DEMO_DATA} == demo.DEMO_DATA
-    assert merge(settings, spec["teacher"])["subset"] == demo.TEACHER_DATA["subset"]
-    assert {k: spec["teacher"][k] for k in demo.TEACHER} == demo.TEACHER
-    assert {k: spec["student"][k] for k in demo.STUDENT} == demo.STUDENT
+    data, optim = demo.DEMO_DATA, demo.DEMO_OPTIM  # typed config sections
+    demo_data = {k: getattr(data, k) for k in ("dataset", "subset", "val_size", "batch_size",
+                                                "augment")}  # fmt: skip
+    demo_data.update(lr=optim.lr, grad_clip=optim.grad_clip)
+    assert {k: settings[k] for k in demo_data} == demo_data
+    assert merge(settings, spec["teacher"])["subset"] == demo.TEACHER_DATA.subset
+    teacher, student = demo.TEACHER, demo.STUDENT
+    assert {k: spec["teacher"][k] for k in ("model", "width", "epochs")} == {
+        "model": teacher.name, "width": teacher.width, "epochs": demo.TEACHER_EPOCHS}  # fmt: skip
+    keys = ("model", "width", "neuron", "timesteps", "epochs")
+    assert {k: spec["student"][k] for k in keys} == {
+        "model": student.name, "width": student.width, "neuron": student.neuron,
+        "timesteps": student.timesteps, "epochs": demo.STUDENT_EPOCHS}  # fmt: skip
     arms = {a["name"]: a for a in spec["arms"]}
     assert list(arms) == ["baseline", "init-only", "kd-only", "init+kd"]
     assert (arms["init+kd"]["init"], arms["init+kd"]["kd_weight"]) == ("first", 0.3)

@@ -1,4 +1,5 @@
-"""``spikebridge convert RUN --method M``: the command line of :func:`convert_run`.
+"""``spikebridge convert RUN --method M``: an ANN run converted to an IF spiking network,
+accuracy at every t (the work is :func:`spikebridge.runs.conversion.convert_run`).
 
 Every option is a field of the ``convert`` config section
 (:mod:`~spikebridge.runs.conversion_config`), so ``--config FILE.yaml`` sets any of them
@@ -12,12 +13,18 @@ were removed (measured to do nothing, docs/CHANGELOG.md) and are refused in one 
 from __future__ import annotations
 
 import argparse
-import sys
+from typing import Any
 
-from spikebridge.config import add_config_arguments, config_from_args
+from spikebridge.config_cli import add_config_arguments, config_from_args, warn_deprecated
 from spikebridge.errors import ConfigError
 from spikebridge.runs.conversion import convert_run
 from spikebridge.runs.conversion_config import SECTION
+
+HELP = (
+    "convert an ANN run to an IF spiking network (maxnorm, robust, qcfs; ttrbr = our "
+    "design on the TTRBR abstract) and report accuracy at every t"
+)
+SECTIONS = (SECTION,)
 
 REMOVED_TUNE_PHI = (
     "--tune-phi was removed: tuning φ measured to do nothing (-0.09 points at T = 4, p = 0.77; "
@@ -25,16 +32,10 @@ REMOVED_TUNE_PHI = (
 )
 
 
-def deprecated(old: str, new: str) -> None:
-    """The one-line notice of a deprecated spelling, on stderr (``warning: OLD is deprecated;
-    NEW``)."""
-    print(f"warning: {old} is deprecated; {new}", file=sys.stderr)
-
-
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``spikebridge convert``: RUN, the ``convert`` section, the old spellings."""
     parser.add_argument("run", nargs="?", metavar="RUN", help="the trained ANN run folder")
-    add_config_arguments(parser, (SECTION,), presets=False)
+    add_config_arguments(parser, SECTIONS, presets=False)
     old = parser.add_argument_group("deprecated spellings (each prints its replacement)")
     old.add_argument("--ann", metavar="RUN", help="= RUN, positionally")
     old.add_argument("--tune-timesteps", type=int, metavar="T", help="= --tune-at T")
@@ -55,18 +56,20 @@ def _old_spellings(args: argparse.Namespace) -> None:
     if args.tune_phi:
         raise ConfigError(REMOVED_TUNE_PHI)
     if args.ann is not None:
-        deprecated("--ann", "pass the run positionally (spikebridge convert RUN --method M)")
+        warn_deprecated("--ann", "pass the run positionally (spikebridge convert RUN --method M)")
         if args.run is not None and args.run != args.ann:
             raise ConfigError(f"RUN is given twice ({args.run!r} and --ann {args.ann!r}).")
         args.run = args.ann
     timesteps = _given(args, "timesteps")
     if isinstance(timesteps, str) and "," in timesteps:
-        deprecated("--timesteps with a list", f"use --report-at {timesteps} (--timesteps is T)")
+        warn_deprecated(
+            "--timesteps with a list", f"use --report-at {timesteps} (--timesteps is T)"
+        )
         if _given(args, "report_at") is None:
             _set(args, "report_at", timesteps)
         delattr(args, f"{SECTION}.timesteps")
     if args.tune_timesteps is not None:
-        deprecated("--tune-timesteps", f"use --tune-at {args.tune_timesteps}")
+        warn_deprecated("--tune-timesteps", f"use --tune-at {args.tune_timesteps}")
         if _given(args, "tune_at") is None:
             _set(args, "tune_at", args.tune_timesteps)
     if args.tune_schedule is not None:
@@ -75,15 +78,20 @@ def _old_spellings(args: argparse.Namespace) -> None:
                 f"--tune-schedule {args.tune_schedule} was removed: a constant rate measured no "
                 "better than the cosine decay (p >= 0.14, docs/CHANGELOG.md); leave it out."
             )
-        deprecated("--tune-schedule", "leave it out (the rate always decays by a cosine)")
+        warn_deprecated("--tune-schedule", "leave it out (the rate always decays by a cosine)")
 
 
-def run_convert(args: argparse.Namespace) -> int:
-    """``spikebridge convert``: convert, evaluate at every t, write the run folder."""
+def convert_args_config(args: argparse.Namespace) -> Any:
+    """The ``convert`` section the parsed command line asks for: old spellings mapped (with
+    their notices), RUN over ``--config``'s ``ann_run``, the file under the options."""
     _old_spellings(args)
     if args.run is not None:  # the command line wins over --config's ann_run
         _set(args, "ann_run", args.run)
-    config = getattr(config_from_args(args, (SECTION,)), SECTION)
-    summary = convert_run(config)
+    return getattr(config_from_args(args, SECTIONS), SECTION)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``spikebridge convert``: convert, evaluate at every t, write the run folder."""
+    summary = convert_run(convert_args_config(args))
     print(f"run folder: {summary['run_dir']}")
     return 0
