@@ -18,11 +18,12 @@ from typing import Any
 from spikebridge.config_cli import add_config_arguments, config_from_args, warn_deprecated
 from spikebridge.errors import ConfigError
 from spikebridge.runs.conversion import convert_run
-from spikebridge.runs.conversion_config import SECTION
+from spikebridge.runs.conversion_auto import auto_run
+from spikebridge.runs.conversion_config import AUTO, SECTION
 
 HELP = (
-    "convert an ANN run to an IF spiking network (maxnorm, robust, qcfs; ttrbr = our "
-    "design on the TTRBR abstract) and report accuracy at every t"
+    "convert an ANN run to an IF spiking network (maxnorm, robust, qcfs, cos; ttrbr = our "
+    "design on the TTRBR abstract; auto = the best of them per T) and report accuracy at every t"
 )
 SECTIONS = (SECTION,)
 
@@ -92,6 +93,7 @@ def convert_args_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """``spikebridge convert``: convert, evaluate at every t, write the run folder."""
-    summary = convert_run(convert_args_config(args))
+    config = convert_args_config(args)
+    summary = (auto_run if config.method == AUTO else convert_run)(config)
     print(f"run folder: {summary['run_dir']}")
     return 0

@@ -2,10 +2,10 @@
 
 ``convert(ann, config, calibration) -> (snn, report)``: ``config`` is the typed config of
 one registered method (:data:`METHODS`; ``method_config(name, **values)`` builds one by
-name). Methods: ``maxnorm`` (Diehl 2015), ``robust`` (Rueckauer 2017), ``qcfs`` (Bu 2022)
-and ``ttrbr`` (our design on the TTRBR abstract). A new method is one module with a config
-dataclass and a :class:`ConversionMethod` registered with :func:`register_method`
-(:mod:`~spikebridge.conversion.registry`), imported below.
+name). Methods: ``maxnorm`` (Diehl 2015), ``robust`` (Rueckauer 2017), ``qcfs`` (Bu 2022),
+``cos`` (Hao 2023) and ``ttrbr`` (our design on the TTRBR abstract). A new method is one
+module with a config dataclass and a :class:`ConversionMethod` registered with
+:func:`register_method` (:mod:`~spikebridge.conversion.registry`), imported below.
 
 Shared parts, one module each: the spiking twins (:mod:`.twin`; user CNNs through torch.fx:
 :mod:`.fx_graph`, :mod:`.fx_time`, :mod:`.fx_twin`), BN folding (:mod:`.folding`), sites,
@@ -17,10 +17,11 @@ selection (:mod:`.selection`).
 
 # isort: off
 # the built-in methods register themselves, in this order (METHODS, --help, experiments)
-from spikebridge.conversion import maxnorm, robust, qcfs, ttrbr  # noqa: F401
+from spikebridge.conversion import maxnorm, robust, qcfs, cos, ttrbr  # noqa: F401
 
 # isort: on
 from spikebridge.conversion.core import ConversionReport, convert
+from spikebridge.conversion.cos import CosConfig
 from spikebridge.conversion.decomposition import ErrorTable, decompose_errors, quantized_rate
 from spikebridge.conversion.folding import build_converted, fold_batchnorm, is_converted_state
 from spikebridge.conversion.fx_graph import site_graph
@@ -44,7 +45,7 @@ from spikebridge.conversion.tuning import TuningReport, tune_thresholds
 from spikebridge.conversion.twin import check_convertible
 
 __all__ = [
-    "METHODS", "ConversionMethod", "ConversionReport", "ErrorTable", "MaxnormConfig",
+    "METHODS", "ConversionMethod", "ConversionReport", "CosConfig", "ErrorTable", "MaxnormConfig",
     "MethodConfig", "QcfsConfig", "RobustConfig", "SpikingGraph", "TtrbrConfig", "Tuned",
     "TuningReport", "build_converted", "build_spiking_graph", "check_convertible", "convert",
     "decompose_errors", "fold_batchnorm", "get_method", "is_converted_state", "method_config",

@@ -25,6 +25,12 @@ one membrane, so a neuron refuses it when it can tell (:meth:`SpikingNeuron.chec
 when it was given ``timesteps`` (converted user networks set it) the first dimension must
 equal T, and per-channel thresholds ``[C]`` need ``C`` channels in dimension 2. The checks
 compare integers before the kernel runs; the kernels are unchanged.
+
+Offset-spike calibration (COS, Hao et al. ICLR 2023; docs/METHODS.md 2.7): a neuron given
+``offset_steps = ρ > 0`` first runs a dry pass over the first ρ steps of its window from
+``v_0``, reads each element's residual potential, and starts the real pass over the whole
+window from a per-element shifted ``v_0`` (:func:`offset_calibrated_v0`). The input and
+output are still the whole window ``[T, B, ...]``; nothing is kept between calls.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ from spikebridge.nn.surrogate import (
 )
 
 RESETS = ("hard", "subtract")
+OFFSET_MARGIN = 1e-3
+"""COS's shifts land a potential this fraction of θ below (shift down) or above (shift up)
+the threshold, so the one step they aim at surely changes side (the authors' 0.999 / 1.001)."""
 BACKENDS = ("fused", "loop")
 
 
@@ -207,6 +216,39 @@ def per_channel_view(p: torch.Tensor, step_rank: int) -> torch.Tensor:
     return p if p.dim() == 0 else p.view(-1, *([1] * (step_rank - 2)))
 
 
+@torch.no_grad()
+def offset_calibrated_v0(
+    x: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor, steps: int, rounds: int = 1
+) -> torch.Tensor:
+    """Per-element initial potential after COS offset-spike calibration (METHODS 2.7).
+
+    For an IF neuron (no leak, subtract reset, ``h >= θ`` fires) run the first ``steps``
+    (ρ) inputs of ``x[T, B, ...]`` from ``v0`` and compare the spike count ``n`` with the
+    charge received, ``r = φθ + Σ x_t − nθ`` (the residual potential measured against the
+    original ``v0``). ``r < 0`` after at least one spike: one spike too many, so ``v0`` is
+    lowered by ``max(θ, min_fire h − (1−m)θ)`` (the weakest firing step falls just below θ);
+    ``r >= θ`` with at least one silent step: one spike too few, so ``v0`` is raised by
+    ``max(θ, (1+m)θ − max_silent h)`` (the strongest silent step reaches θ); ``m`` is
+    :data:`OFFSET_MARGIN`. Each further round repeats the dry pass from the shifted
+    potential and corrects one more spike. Returns ``v0`` broadcast to one step's shape.
+    """
+    start = v0.expand_as(x[0])
+    v0 = start.clone()
+    probe = x[: min(steps, x.shape[0])]
+    for _ in range(rounds):
+        spikes, h, v = _forward_kernel(probe, theta, v0, 1.0, False, False)
+        fired = spikes.bool()
+        residual = v - (v0 - start)
+        weakest_fire = torch.where(fired, h, torch.full_like(h, float("inf"))).amin(0)
+        strongest_silent = torch.where(fired, torch.full_like(h, -float("inf")), h).amax(0)
+        down = (residual < 0) & fired.any(0)
+        up = (residual >= theta) & ~fired.all(0)
+        lower = torch.maximum(weakest_fire - (1 - OFFSET_MARGIN) * theta, theta.expand_as(v))
+        raise_ = torch.maximum((1 + OFFSET_MARGIN) * theta - strongest_silent, theta.expand_as(v))
+        v0 = v0 - torch.where(down, lower, 0.0) + torch.where(up, raise_, 0.0)
+    return v0
+
+
 class SpikingNeuron(nn.Module):
     """Multi-step neuron with charge/fire/reset dynamics (see module docstring).
 
@@ -254,6 +296,37 @@ class SpikingNeuron(nn.Module):
             raise ConfigError(f"timesteps must be >= 1, got {timesteps}")
         self.timesteps = None if timesteps is None else int(timesteps)
 
+    @property
+    def offset_steps(self) -> int:
+        """ρ of offset-spike calibration (0 = off; :meth:`set_offset_calibration`)."""
+        buf = getattr(self, "offset_calibration", None)
+        return 0 if buf is None else int(buf[0])
+
+    @property
+    def offset_rounds(self) -> int:
+        """Calibration rounds (each a dry pass of ``offset_steps`` steps)."""
+        buf = getattr(self, "offset_calibration", None)
+        return 0 if buf is None else int(buf[1])
+
+    def set_offset_calibration(self, steps: int, rounds: int = 1) -> None:
+        """Turn COS offset-spike calibration on (``steps = ρ >= 1``) or off (``0``).
+
+        Stored as the buffer ``offset_calibration = [ρ, rounds]`` only while on, so the
+        state dict of every other neuron is unchanged and a saved calibrated model reloads
+        with it (:meth:`_load_from_state_dict`). Needs an IF neuron (no leak, subtract reset,
+        ``h >= θ`` fires): ConfigError otherwise."""
+        if steps < 0 or rounds < 1:
+            raise ConfigError(f"offset calibration needs steps >= 0 and rounds >= 1, got "
+                              f"{steps} and {rounds}")  # fmt: skip
+        if steps and (self.decay != 1.0 or self.reset != "subtract" or self.strict):
+            raise ConfigError("offset calibration needs an IF neuron (decay 1, subtract reset, "
+                              "non-strict firing)")  # fmt: skip
+        if steps == 0:
+            self._buffers.pop("offset_calibration", None)
+            return
+        value = torch.tensor([steps, rounds], dtype=torch.int64, device=self.threshold.device)
+        self.register_buffer("offset_calibration", value)
+
     def check_steps(self, x: torch.Tensor) -> None:
         """Refuse an input that lacks the time dimension (module docstring): ConfigError."""
         channels = self.threshold.numel() if self.threshold.dim() else None
@@ -277,6 +350,8 @@ class SpikingNeuron(nn.Module):
         self.check_steps(x)
         theta = self._broadcast(self.threshold, x)
         v0 = self._broadcast(self.phi, x) * theta
+        if self.offset_steps:
+            v0 = offset_calibrated_v0(x.detach(), theta, v0, self.offset_steps, self.offset_rounds)
         hard = self.reset == "hard"
         if self.backend == "fused":
             spikes = _FusedNeuron.apply(
@@ -308,15 +383,31 @@ class SpikingNeuron(nn.Module):
             if key in state_dict:
                 current = getattr(self, name)
                 setattr(self, name, current.new_empty(state_dict[key].shape))
+        if prefix + "offset_calibration" in state_dict and self.offset_steps == 0:
+            self.register_buffer("offset_calibration", torch.zeros(2, dtype=torch.int64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         th = self.threshold.item() if self.threshold.dim() == 0 else f"[{self.threshold.numel()}]"
         steps = "" if self.timesteps is None else f", timesteps={self.timesteps}"
+        if self.offset_steps:
+            steps += f", offset_steps={self.offset_steps}x{self.offset_rounds}"
         return (
             f"threshold={th}, decay={self.decay}, reset={self.reset}, strict={self.strict}, "
             f"surrogate={self.surrogate}({self.alpha}), backend={self.backend}{steps}"
         )
+
+
+def dry_steps(model: nn.Module, simulated: int) -> int:
+    """Steps every neuron of ``model`` runs before its output window when it simulates
+    ``simulated`` steps: ``rounds·min(ρ, simulated)`` of offset-spike calibration (the
+    largest over its neurons; 0 without it). A reading at ``t`` costs ``t + dry_steps``
+    time-steps (METHODS 2.7)."""
+    return max(
+        (m.offset_rounds * min(m.offset_steps, simulated) for m in model.modules()
+         if isinstance(m, SpikingNeuron)),
+        default=0,
+    )  # fmt: skip
 
 
 def LIF(threshold: float = 0.5, decay: float = 0.25, **kwargs: Any) -> SpikingNeuron:

@@ -32,6 +32,7 @@ from spikebridge.conversion.registry import MethodConfig
 from spikebridge.errors import ConfigError
 
 SECTION = "convert"
+AUTO = "auto"  # --method auto: every registered method, the best kept per T (conversion_auto)
 DEFAULT_REPORT_AT = (1, 2, 4, 8, 16, 32)
 DEFAULT_CALIBRATION = 1024
 DEFAULT_SELECTION = 2000  # held-out labelled images a selecting method (ttrbr) decides on
@@ -49,7 +50,10 @@ class _RunFields:
 
     ann_run: str | None = _run(None, "the trained ANN run folder (RUN on the command line)")
     method: str | None = _run(
-        None, "conversion method: " + "; ".join(m.summary for m in conversion.METHODS.values())
+        None,
+        "conversion method: "
+        + "; ".join(m.summary for m in conversion.METHODS.values())
+        + f"; {AUTO}: every method above scored on held-out images, the best kept per T",
     )
     report_at: tuple[int, ...] | None = _run(
         None, "comma-separated t's to print and record, e.g. 1,2,4,8 (one simulation at T gives "
@@ -173,7 +177,7 @@ def _method_name(config: Any) -> str:
     if config.method is None:
         raise ConfigError(
             f"convert needs a method; expected --method (or 'method:') one of "
-            f"{', '.join(conversion.METHODS)}."
+            f"{', '.join(conversion.METHODS)} (or {AUTO})."
         )
     return str(config.method)
 
