@@ -30,7 +30,7 @@ step() {  # step NAME COMMAND...: skip a finished run, resume an interrupted one
   /usr/bin/time -f "[bench] $dir: %e s wall" "$SB" "$@" --out "$dir" "${resume[@]}"
 }
 
-step teacher train "${COMMON[@]}" --model resnet32 --width 0.5 --epochs 6 --augment
+step teacher train "${COMMON[@]}" --model resnet32 --width 0.5 --epochs 6 --augment crop,flip
 step idsnn distill "${COMMON[@]}" "${STUDENT[@]}" --teacher "$OUT/teacher" --init first \
   --kd-weight 0.3
 step direct train "${COMMON[@]}" "${STUDENT[@]}"

@@ -40,7 +40,7 @@ from spikebridge.config_core import (  # noqa: F401 - re-exported
     resolve_config,
     shared_sections,
 )
-from spikebridge.data import DATASETS
+from spikebridge.data import DATASETS, dataset_entry, normalize_augment
 from spikebridge.errors import ConfigError
 from spikebridge.models import ModelConfig
 from spikebridge.models.resnet import ACTIVATIONS, CONV_INITS, NEURONS, STRUCTURES
@@ -69,7 +69,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gamma": 0.1,
         "batch_size": 64,
         "epochs": 200,
-        "augment": True,
+        "augment": "crop,flip",
         "amp": True,
         "conv_init": "default",
         "grad_clip": None,
@@ -101,12 +101,14 @@ class DataConfig:
     """Which dataset, how it is split (train / held-out validation / test) and batched."""
 
     dataset: str = option(
-        "fashion-mnist", "dataset (imagefolder: ROOT/train/<class>/*, ROOT/val/<class>/*)",
-        (*DATASETS, "imagefolder"),
+        "fashion-mnist", f"a registered dataset: {', '.join(DATASETS)} (imagefolder: "
+        "ROOT/train/<class>/*, ROOT/val/<class>/*; idx: a folder of MNIST-layout IDX files of "
+        "any size, channels and classes; spikebridge.data.register_dataset adds more)",
     )  # fmt: skip
     data_dir: str | None = option(
-        None, "folder of the dataset files (Fashion-MNIST default: the Debian package folder)"
-    )
+        None, "folder of the dataset files (Fashion-MNIST default: the Debian package folder; "
+        "cifar10/100, imagefolder, idx: required)",
+    )  # fmt: skip
     subset: int | None = option(None, "train on this many images (class-balanced); none = all")
     val_size: int | float = option(
         0.1, "validation split held out of the training file: a fraction or a count"
@@ -117,11 +119,26 @@ class DataConfig:
         "run needs to leave chance level; the IDSNN recipe: 64)",
     )
     eval_batch_size: int | None = option(None, "evaluation batch size; none = 4 x batch size")
-    augment: bool = option(
-        False,
-        "random crop (pad 4) and horizontal flip of training images; off by default: in "
-        "runs of a few epochs networks under-fit and crop + flip only slows them down "
-        "(docs/notes/results-history.md); --preset idsnn-paper turns it on",
+    augment: str | bool = option(
+        "none",
+        "training augmentation, a comma-separated list: crop (zero padding of 1/8 of the image "
+        "side, 4 px at 28-32 px, and a random shift back; imagefolder: random-resized crop), "
+        "flip (horizontal mirror), or none, e.g. --augment crop,flip. A flip is never implied "
+        "(digits and text are not mirror images); --augment alone (deprecated) = crop,flip "
+        "(idx: crop). Off by default: in runs of a few epochs networks under-fit and crop + "
+        "flip only slows them down (docs/notes/results-history.md); --preset idsnn-paper: "
+        "crop,flip",
+        optional_value=True,
+    )
+    mean: tuple[float, ...] | None = option(
+        None,
+        "per-channel mean of the [0, 1] pixels used to normalize, e.g. 0.5 or 0.49,0.48,0.45; "
+        "none = the dataset's established constants (fashion-mnist, cifar10, cifar100, "
+        "synthetic; imagefolder: ImageNet's), for idx computed from the training split. A "
+        "trained run records the values it used here",
+    )
+    std: tuple[float, ...] | None = option(
+        None, "per-channel standard deviation for the normalization; none: as --mean"
     )
     image_size: int = option(224, "imagefolder: training crop / evaluation crop size")
     workers: int | None = option(
@@ -133,6 +150,19 @@ class DataConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key} is {value}; expected an integer >= 1.")
+        entry = dataset_entry(self.dataset)  # ConfigError naming the registered datasets
+        self.augment = normalize_augment(self.augment, entry.flip_safe, warn_with=warn_deprecated)
+
+
+def stored_data_section(values: Mapping[str, Any], data_dir: str | None = None) -> DataConfig:
+    """The data section of a stored run config; ``data_dir`` replaces the stored folder (the
+    data moved). Runs stored before ``augment`` took a list hold a boolean: read silently."""
+    values = dict(values)
+    if isinstance(values.get("augment"), bool):
+        values["augment"] = normalize_augment(values["augment"], warn=False)
+    if data_dir:
+        values["data_dir"] = data_dir
+    return build_section("data", values)
 
 
 @register_section("optim")

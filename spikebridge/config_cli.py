@@ -64,6 +64,13 @@ def _add_field_option(group: Any, section: Section, f: dataclasses.Field[Any]) -
     text = f"{section.help_of(f)} (default: {shown})".replace("%", "%%")
     kwargs: dict[str, Any] = dict(dest=f"{section.name}.{f.name}", default=argparse.SUPPRESS)
     choices = section.choices_of(f)
+    if f.metadata.get("optional_value"):  # --x VALUE, --x (True), --no-x (False)
+        name = flat.replace("_", "-")
+        group.add_argument(f"--{name}", nargs="?", const=True, metavar="LIST", help=text,
+                           **kwargs)  # fmt: skip
+        group.add_argument(f"--no-{name}", action="store_const", const=False,
+                           help=f"same as --{name} none", **kwargs)  # fmt: skip
+        return
     hint = typing.get_type_hints(section.cls)[f.name]
     if hint is bool:
         kwargs["action"] = argparse.BooleanOptionalAction

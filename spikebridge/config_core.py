@@ -50,14 +50,17 @@ def option(
     shown: str | None = None,
     metavar: str | None = None,
     repeatable: bool = False,
+    optional_value: bool = False,
 ) -> Any:
     """A dataclass field with its help text in the metadata, and optionally its allowed
     values, extra option strings (``flags=("-o",)``), the default as ``--help`` shows it
     (``shown``, for a default that depends on other options), the value's name there, and
-    ``repeatable`` (a tuple field given as ``--x A --x B``, each value whole, commas kept)."""
+    ``repeatable`` (a tuple field given as ``--x A --x B``, each value whole, commas kept).
+    ``optional_value``: the option grew from a boolean into a value (``--augment crop,flip``):
+    ``--x`` alone still gives True, ``--no-x`` False, and the section reads all three."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
             "flags": tuple(flags), "shown": shown, "metavar": metavar,
-            "repeatable": repeatable}  # fmt: skip
+            "repeatable": repeatable, "optional_value": optional_value}  # fmt: skip
     return field(default=default, metadata=meta)
 
 

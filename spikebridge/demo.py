@@ -66,7 +66,7 @@ from spikebridge.runs.train import train_run
 # gradient clipping, QCFS ANN without zero-initialised residual branches), so they reproduce.
 # Each is a typed config section, the objects `spikebridge train` builds from its options.
 DEMO_DATA = DataConfig(dataset="fashion-mnist", subset=16000, val_size=3000, batch_size=64,
-                       augment=False)  # fmt: skip
+                       augment="none")  # fmt: skip
 TEACHER_DATA = dataclasses.replace(DEMO_DATA, subset=None)  # the whole file, less val_size
 DEMO_OPTIM = OptimConfig(lr=0.1, grad_clip=None)
 TEACHER = ModelConfig(name="resnet32", width=0.5)

@@ -42,7 +42,7 @@ def test_defaults_are_those_our_measurements_recommend():
     """docs/notes/results-history.md, "Defaults against our own measurements": a short run
     (3 epochs, batch 32, lr 0.1, no augmentation, clipping at 2) and QCFS with L = 4."""
     cfg = load_config()
-    assert (cfg.train.epochs, cfg.data.batch_size, cfg.data.augment) == (3, 32, False)
+    assert (cfg.train.epochs, cfg.data.batch_size, cfg.data.augment) == (3, 32, "none")
     assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.grad_clip) == ("sgd", 0.1, 2.0)
     assert (cfg.optim.schedule, cfg.optim.warmup) == ("cosine", 0.05)
     assert cfg.model.qcfs_levels == 4 and ModelConfig().qcfs_levels == 4
@@ -84,7 +84,7 @@ def test_a_stored_config_keeps_its_zero_init_choice():
 
 def test_the_idsnn_paper_preset_keeps_the_papers_values_over_the_new_defaults():
     cfg = load_config(preset="idsnn-paper")
-    assert (cfg.train.epochs, cfg.data.batch_size, cfg.data.augment) == (200, 64, True)
+    assert (cfg.train.epochs, cfg.data.batch_size, cfg.data.augment) == (200, 64, "crop,flip")
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.05, 0.9, 1e-4)
     assert (cfg.optim.schedule, cfg.optim.milestones, cfg.optim.gamma) == (
         "multistep", (0.3, 0.6, 0.8), 0.1,
@@ -103,7 +103,7 @@ def test_yaml_nested_and_flat_keys_with_command_line_winning(tmp_path):
     cfg = parse(["--config", str(path), "--timesteps", "2", "--lr", "0.01", "--no-augment"])
     assert (cfg.model.name, cfg.model.width, cfg.model.neuron) == ("resnet20", 0.5, "lif")
     assert cfg.model.timesteps == 2 and cfg.optim.lr == 0.01  # command line wins
-    assert cfg.data.batch_size == 16 and cfg.data.augment is False
+    assert cfg.data.batch_size == 16 and cfg.data.augment == "none"
     assert cfg.optim.milestones == (0.5, 0.75)
 
 

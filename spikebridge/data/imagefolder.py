@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from spikebridge.data.augment import NO_AUGMENT, Augment
 from spikebridge.data.loader import (
     _SPLIT_STREAM,
     EpochBatches,
+    _check_part,
     _split_counts,
     _test_indices,
     seeded_generator,
@@ -65,15 +67,20 @@ _CROP_STREAM = 1
 CropBox = tuple[int, int, int, int]  # (top, left, height, width) in pixels
 
 
-def imagefolder_info(num_classes: int, image_size: int = DEFAULT_IMAGE_SIZE) -> DatasetInfo:
+def imagefolder_info(
+    num_classes: int,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    class_names: Sequence[str] | None = None,
+) -> DatasetInfo:
     """Return the ``DatasetInfo`` of an RGB image folder (ImageNet statistics)."""
     return DatasetInfo(
         name=IMAGEFOLDER_NAME,
         num_classes=num_classes,
         in_channels=3,
-        image_size=image_size,
+        height=image_size,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
+        class_names=tuple(class_names) if class_names is not None else None,
     )
 
 
@@ -293,8 +300,9 @@ class ImageFolderLoader(EpochBatches):
     ``DeviceLoader``: float ``[B, 3, S, S]`` normalized with ``info.mean/std``
     (``S = info.image_size``), int64 ``[B]``.
 
-    ``augment=True``: random-resized crop (``sample_crop_box``) and, if ``flip``, a
-    random horizontal flip; otherwise the evaluation transform (``center_crop`` with
+    ``augment=True``: if ``crop``, the random-resized crop (``sample_crop_box``), else the
+    evaluation transform, and if ``flip``, a random horizontal flip; otherwise the
+    evaluation transform (``center_crop`` with
     ``resize_size``, default ``floor(S / 0.875)``). ``set_epoch(e)`` makes order, flips
     and crops a function of ``(seed, e)``. With ``world_size > 1`` rank ``r`` takes
     positions ``r, r + world_size, ...`` of the epoch's order padded by wrap-around (as
@@ -318,6 +326,7 @@ class ImageFolderLoader(EpochBatches):
         world_size: int = 1,
         num_workers: int | None = None,
         resize_size: int | None = None,
+        crop: bool = True,
     ) -> None:
         if num_workers is None:
             num_workers = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
@@ -328,6 +337,7 @@ class ImageFolderLoader(EpochBatches):
             rank, world_size,
         )  # fmt: skip
         self.dataset, self.num_workers, self.resize_size = dataset, num_workers, resize_size
+        self.crop = crop
         self._sampler = _KeySampler()
         self._loader: DataLoader | None = None
 
@@ -360,8 +370,9 @@ class ImageFolderLoader(EpochBatches):
         """The DataLoader over ``(index, epoch)`` keys, made once (its workers persist)."""
         if self._loader is None:
             items = _TransformedImages(
-                self.dataset, self.augment, self.info.image_size, self.resize_size, self.seed
-            )
+                self.dataset, self.augment and self.crop, self.info.image_size,
+                self.resize_size, self.seed,
+            )  # fmt: skip
             self._loader = DataLoader(
                 items,
                 batch_size=self.batch_size,
@@ -412,6 +423,34 @@ class ImageFolderSplits:
     test: ImageFolderDataset
     info: DatasetInfo
 
+    def count(self, part: str) -> int:
+        """Number of images of ``part`` (``train``, ``val`` or ``test``)."""
+        return len(self.labels(part))
+
+    def labels(self, part: str) -> torch.Tensor:
+        """The int64 labels of ``part`` (no image is decoded)."""
+        return getattr(self, _check_part(part)).labels
+
+    def loader(
+        self, part: str, batch_size: int, device: torch.device | str, *, seed: int = 0,
+        train: bool = False, augment: Augment = NO_AUGMENT, indices: torch.Tensor | None = None,
+        rank: int = 0, world_size: int = 1, workers: int | None = None,
+    ) -> ImageFolderLoader:  # fmt: skip
+        """An :class:`ImageFolderLoader` over ``part`` (its ``indices`` only, if given), as
+        ``Splits.loader``. Training drops a short last batch, unless it is the only one
+        (fewer images than the batch: the folder still trains, on one smaller batch)."""
+        dataset: ImageFolderDataset = getattr(self, _check_part(part))
+        if indices is not None:
+            dataset = dataset.subset(indices)
+        if not train:
+            augment, rank, world_size = NO_AUGMENT, 0, 1
+        return ImageFolderLoader(
+            dataset, batch_size, self.info, device, shuffle=train, augment=augment.any,
+            seed=seed, drop_last=train and len(dataset) >= batch_size * world_size,
+            flip=augment.flip, crop=augment.crop, rank=rank, world_size=world_size,
+            num_workers=workers,
+        )  # fmt: skip
+
 
 def load_imagefolder(
     root: str | os.PathLike[str],
@@ -444,5 +483,5 @@ def load_imagefolder(
         train=full.subset(train_idx),
         val=full.subset(val_idx),
         test=test.subset(_test_indices(test.labels, subset, seed)),
-        info=imagefolder_info(len(full.classes), image_size),
+        info=imagefolder_info(len(full.classes), image_size, full.classes),
     )

@@ -1,4 +1,5 @@
-"""Train/validation/test splits and device-side batching with crop/flip augmentation.
+"""Train/validation/test splits of in-memory datasets and device-side batching with crop/flip
+augmentation.
 
 Images stay uint8 on the compute device; each batch is gathered, augmented and
 normalized there with batched tensor ops. Every random number (split, shuffle,
@@ -10,7 +11,6 @@ same seed gives the same batches on any device, and a resumed run that calls
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,10 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spikebridge.data.cifar import load_cifar
-from spikebridge.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, load_fashion_mnist
-from spikebridge.data.spec import DATASET_INFO, DATASETS, DEFAULT_CROP_PAD, DatasetInfo
-from spikebridge.data.synthetic import make_synthetic
+from spikebridge.data.augment import NO_AUGMENT, Augment
+from spikebridge.data.spec import DEFAULT_CROP_PAD, DatasetInfo, crop_pad
 from spikebridge.errors import ConfigError, DataError
 
 # With `subset`, the test set keeps max(subset // TEST_SUBSET_RATIO, MIN_TEST_SUBSET)
@@ -45,6 +43,43 @@ class Splits:
     test_x: torch.Tensor
     test_y: torch.Tensor
     info: DatasetInfo
+
+    def count(self, part: str) -> int:
+        """Number of images of ``part`` (``train``, ``val`` or ``test``)."""
+        return len(self.labels(part))
+
+    def labels(self, part: str) -> torch.Tensor:
+        """The int64 labels of ``part``."""
+        return getattr(self, f"{_check_part(part)}_y")
+
+    def loader(
+        self, part: str, batch_size: int, device: torch.device | str, *, seed: int = 0,
+        train: bool = False, augment: Augment = NO_AUGMENT, indices: torch.Tensor | None = None,
+        rank: int = 0, world_size: int = 1, workers: int | None = None,
+    ) -> DeviceLoader:  # fmt: skip
+        """A :class:`DeviceLoader` over ``part`` (its ``indices`` only, if given): shuffled,
+        augmented and sharded over ranks when ``train``, else in order and plain.
+        ``workers`` is unused (the images are in memory)."""
+        del workers
+        x, y = getattr(self, f"{_check_part(part)}_x"), self.labels(part)
+        if indices is not None:
+            x, y = x[indices], y[indices]
+        if not train:
+            augment, rank, world_size = NO_AUGMENT, 0, 1
+        return DeviceLoader(
+            x, y, batch_size, self.info, device, shuffle=train, augment=augment.any, seed=seed,
+            pad=crop_pad(self.info), flip=augment.flip, crop=augment.crop, rank=rank,
+            world_size=world_size,
+        )  # fmt: skip
+
+
+SPLIT_PARTS = ("train", "val", "test")
+
+
+def _check_part(part: str) -> str:
+    if part not in SPLIT_PARTS:
+        raise ConfigError(f"split is {part!r}; expected one of {', '.join(SPLIT_PARTS)}.")
+    return part
 
 
 def seeded_generator(*keys: int) -> torch.Generator:
@@ -74,15 +109,6 @@ def stratified_order(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor
     rank = torch.empty_like(perm)
     rank[by_class] = torch.arange(len(labels)) - starts[shuffled[by_class]]
     return perm[torch.argsort(rank, stable=True)]
-
-
-def _load_raw(name: str, data_dir: str | os.PathLike[str] | None) -> tuple[torch.Tensor, ...]:
-    """Load ``(train_x, train_y, test_x, test_y)`` of a dataset by name."""
-    if name == "fashion-mnist":
-        return load_fashion_mnist(DEFAULT_FASHION_MNIST_DIR if data_dir is None else data_dir)
-    if name in ("cifar10", "cifar100"):
-        return load_cifar(data_dir, num_classes=DATASET_INFO[name].num_classes)
-    return make_synthetic()
 
 
 def _val_count(val_size: int | float, n_kept: int) -> int:
@@ -124,14 +150,14 @@ def _test_indices(test_y: torch.Tensor, subset: int | None, seed: int) -> torch.
     return order[:n_test].sort().values
 
 
-def load_splits(
-    name: str,
-    data_dir: str | os.PathLike[str] | None = None,
+def split_tensors(
+    raw: tuple[torch.Tensor, ...],
+    info: DatasetInfo,
     subset: int | None = None,
     val_size: int | float = 0.1,
     seed: int = 0,
 ) -> Splits:
-    """Load dataset ``name`` and split it into train / validation / test.
+    """Split ``(train_x, train_y, test_x, test_y)`` into train / validation / test.
 
     Validation images are held out of the training file, never taken from the test set.
     ``val_size`` is a count (int) or a fraction (float in [0, 1)); a positive fraction
@@ -144,12 +170,8 @@ def load_splits(
 
     Every part is a class-balanced (round-robin) seeded random sample (`stratified_order`),
     returned in file order; the same ``seed`` gives the same splits on any machine.
-    ``data_dir``: Fashion-MNIST defaults to the Debian package folder; CIFAR needs one;
-    synthetic ignores it. Unknown names raise ``ConfigError``.
     """
-    if name not in DATASET_INFO:
-        raise ConfigError(f"Unknown dataset {name!r}; expected one of {', '.join(DATASETS)}.")
-    train_x, train_y, test_x, test_y = _load_raw(name, data_dir)
+    train_x, train_y, test_x, test_y = raw
     n_val, n_train = _split_counts(len(train_y), subset, val_size)
     order = stratified_order(train_y, seeded_generator(seed, _SPLIT_STREAM))
     val_idx = order[:n_val].sort().values
@@ -162,7 +184,7 @@ def load_splits(
         val_y=train_y[val_idx],
         test_x=test_x[test_idx],
         test_y=test_y[test_idx],
-        info=DATASET_INFO[name],
+        info=info,
     )
 
 
@@ -249,8 +271,9 @@ class DeviceLoader(EpochBatches):
     ``world_size > 1``, rank ``r`` takes positions ``r, r + world_size, ...`` of the
     epoch's order padded by wrap-around to a multiple of ``world_size`` (as
     ``DistributedSampler``), so every rank has the same number of batches.
-    Augmentation (``augment=True``): random crop with ``pad`` zero pixels (default 4,
-    for every dataset) and, if ``flip``, a random horizontal flip, both per sample.
+    Augmentation (``augment=True``): if ``crop``, a random crop with ``pad`` zero pixels
+    (default 4; ``Splits.loader`` passes ``crop_pad``, 1/8 of the image side) and, if
+    ``flip``, a random horizontal flip, both per sample.
     """
 
     def __init__(
@@ -268,6 +291,7 @@ class DeviceLoader(EpochBatches):
         flip: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        crop: bool = True,
     ) -> None:
         _check_loader_args(images, labels, batch_size, info, pad, rank, world_size)
         self._setup_epochs(
@@ -276,7 +300,7 @@ class DeviceLoader(EpochBatches):
         )  # fmt: skip
         self.images = images.to(self.device)
         self.labels = labels.to(self.device, torch.long)
-        self.pad = pad
+        self.pad, self.crop = pad, crop
 
     def epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's (indices ``[M]``, crop offsets ``[M, 2]``, flips ``[M]``) for the epoch.
@@ -288,9 +312,10 @@ class DeviceLoader(EpochBatches):
         total = len(order)
         offsets = torch.full((total, 2), self.pad, dtype=torch.long)
         flips = torch.zeros(total, dtype=torch.bool)
-        if self.augment:
+        if self.augment and self.crop:
             offsets = torch.randint(0, 2 * self.pad + 1, (total, 2), generator=gen)
-            flips = torch.rand(total, generator=gen) < 0.5 if self.flip else flips
+        if self.augment and self.flip:
+            flips = torch.rand(total, generator=gen) < 0.5
         return self._shard(order), self._shard(offsets), self._shard(flips)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -18,6 +18,7 @@ from typing import Any
 from spikebridge.analysis import measurement_at
 from spikebridge.analysis.paired import format_paired, paired_rows
 from spikebridge.config import check_count
+from spikebridge.data.registry import stored_normalization
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import model_timesteps, per_image_correct
 from spikebridge.engine.memory import check_simulation_fits
@@ -35,10 +36,11 @@ SAME_FILE_KEYS = ("dataset", "data_dir")
 def _data_identity(config: Mapping[str, Any], whole_test_set: bool = False) -> dict[str, Any]:
     """What must match for two runs to score the same test images."""
     data = config.get("data", {})
+    normalization = {"normalization": stored_normalization(data)}  # the same inputs
     if whole_test_set:  # every image of the test file: the split settings no longer matter
-        return {k: data.get(k) for k in SAME_FILE_KEYS}
+        return {**{k: data.get(k) for k in SAME_FILE_KEYS}, **normalization}
     seed = config.get("train", {}).get("seed", 0)
-    return {**{k: data.get(k) for k in SAME_DATA_KEYS}, "seed": seed}
+    return {**{k: data.get(k) for k in SAME_DATA_KEYS}, "seed": seed, **normalization}
 
 
 def compare_runs(
@@ -88,7 +90,9 @@ def compare_against(
     id_a = _data_identity(config_a, whole_test_set)
     for run, (_, config_b) in zip(runs_b, others, strict=True):
         if (id_b := _data_identity(config_b, whole_test_set)) != id_a:
-            keys = "dataset, data folder" + ("" if whole_test_set else ", subset, val_size, seed")
+            keys = "dataset, data folder, normalization" + (
+                "" if whole_test_set else ", subset, val_size, seed"
+            )
             raise ConfigError(
                 f"{run_a} and {run} do not share a test split ({keys}): {id_a} vs {id_b}"
             )

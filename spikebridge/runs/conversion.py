@@ -44,10 +44,9 @@ import torch
 from torch import nn
 
 from spikebridge.analysis.report import measurement_rows
-from spikebridge.config import DEFAULT_RUNS_DIR, build_section, check_count
+from spikebridge.config import DEFAULT_RUNS_DIR, check_count, stored_data_section
 from spikebridge.conversion import convert, method_of
 from spikebridge.conversion.selection import selection_markdown, trails_note
-from spikebridge.data import DeviceLoader, load_splits
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import evaluate
@@ -60,7 +59,7 @@ from spikebridge.runs.conversion_config import (
     report_steps,
 )
 from spikebridge.runs.measure import measure_run
-from spikebridge.runs.setup import eval_batch, resolve_device
+from spikebridge.runs.setup import eval_batch, load_run_splits, resolve_device
 
 REPORT_FILE = "conversion.md"
 CALIBRATION_STREAM = 7919  # offsets the run seed so calibration draws differ from splits
@@ -78,11 +77,9 @@ def run_data(  # type: ignore[no-untyped-def]
     ``whole_test_set``: the test split is every image of the dataset's test file, also for a
     run trained with ``subset`` (which otherwise keeps a seeded sample of it).
     """
-    data = build_section("data", config.get("data", {}))
+    data = stored_data_section(config.get("data", {}), data_dir=data_dir)
     seed = int(config.get("train", {}).get("seed", 0))
-    subset = None if whole_test_set else data.subset
-    splits = load_splits(data.dataset, data_dir or data.data_dir, subset, data.val_size, seed)
-    return splits, data, seed
+    return load_run_splits(data, seed, whole_test_set), data, seed
 
 
 def calibration_images(
@@ -92,11 +89,8 @@ def calibration_images(
     if n < 1:
         raise ConfigError(f"calibration size is {n}; expected an integer >= 1.")
     gen = torch.Generator().manual_seed(seed + CALIBRATION_STREAM)
-    idx = torch.randperm(len(splits.train_y), generator=gen)[:n].sort().values
-    loader = DeviceLoader(
-        splits.train_x[idx], splits.train_y[idx], batch_size, splits.info, device,
-        shuffle=False, augment=False, seed=seed,
-    )  # fmt: skip
+    idx = torch.randperm(splits.count("train"), generator=gen)[:n].sort().values
+    loader = splits.loader("train", batch_size, device, seed=seed, indices=idx)
     return [x for x, _ in loader]
 
 
@@ -110,10 +104,11 @@ def selection_images(
     ``calibration_size`` images drawn first). ConfigError when neither is possible."""
     if n < 1:
         raise ConfigError(f"selection size is {n}; expected an integer >= 1.")
-    if len(splits.val_y) > 0:
-        x, y, source = splits.val_x[:n], splits.val_y[:n], "validation split"
+    if splits.count("val") > 0:
+        part, source = "val", "validation split"
+        idx = torch.arange(min(n, splits.count("val")))
     else:
-        total = len(splits.train_y)
+        total = splits.count("train")
         if calibration_size + n > total:
             raise ConfigError(
                 f"{calibration_size} calibration + {n} selection images exceed the {total} "
@@ -121,12 +116,8 @@ def selection_images(
             )
         gen = torch.Generator().manual_seed(seed + CALIBRATION_STREAM)
         idx = torch.randperm(total, generator=gen)[total - n :].sort().values
-        x, y = splits.train_x[idx], splits.train_y[idx]
-        source = "training images outside the calibration draw"
-    loader = DeviceLoader(
-        x, y, batch_size, splits.info, device, shuffle=False, augment=False, seed=seed
-    )  # fmt: skip
-    return list(loader), source
+        part, source = "train", "training images outside the calibration draw"
+    return list(splits.loader(part, batch_size, device, seed=seed, indices=idx)), source
 
 
 def eval_loader(  # type: ignore[no-untyped-def]
@@ -135,11 +126,9 @@ def eval_loader(  # type: ignore[no-untyped-def]
 ):  # fmt: skip
     """A plain loader over the run's test split (its first ``max_images`` images, if given)."""
     size = eval_batch(data, batch_size)
-    n = len(splits.test_y) if max_images is None else max_images
-    return DeviceLoader(
-        splits.test_x[:n], splits.test_y[:n], size, splits.info, device,
-        shuffle=False, augment=False, seed=seed,
-    )  # fmt: skip
+    total = splits.count("test")
+    idx = torch.arange(total if max_images is None else min(max_images, total))
+    return splits.loader("test", size, device, seed=seed, indices=idx, workers=data.workers)
 
 
 # ----------------------------------------------------------------------------- convert
@@ -223,6 +212,7 @@ def convert_run(config: Mapping[str, Any] | Any, log: Callable[[str], None] = pr
         options = _options(config, method_cfg, report, wanted, T, calib is not None)
         summary = _conversion_summary(options, ann_acc, result, convert_s, ann_config, out_dir)
         _add_report_parts(summary, snn, source)
+        summary["dataset_info"] = splits.info.to_dict()
         # firing, SOPs and energy at every t from one pass at the largest T; the top-level
         # figures at the deployment T (measured_timesteps) (METHODS 3)
         summary.update(measure_run(snn, loader, timesteps=max(T, tune_t), headline_t=tune_t))

@@ -3,7 +3,6 @@ folders only (:func:`spikebridge.engine.rundir.validate_run_dir`)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,15 +11,14 @@ import torch
 from torch import nn
 
 from spikebridge.analysis.ops import only_timesteps
-from spikebridge.config import build_section, check_count
-from spikebridge.data import DeviceLoader, load_splits
+from spikebridge.config import check_count, stored_data_section
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import evaluate
 from spikebridge.engine.memory import check_simulation_fits
 from spikebridge.errors import ConfigError
 from spikebridge.runs.measure import measure_run
-from spikebridge.runs.setup import eval_batch, resolve_device, setup_imagefolder
+from spikebridge.runs.setup import eval_batch, load_run_splits, resolve_device
 
 EVAL_FILE = "eval.json"
 
@@ -28,29 +26,17 @@ EVAL_FILE = "eval.json"
 def _split_loader(
     config: Mapping[str, Any], split: str, data_dir: str | None, device: torch.device,
     batch_size: int | None,
-) -> DeviceLoader:  # fmt: skip
+) -> Any:  # fmt: skip
     """A plain (no shuffle, no augment) loader of the run's ``split``, re-made from its config."""
     if split not in ("test", "val"):
         raise ConfigError(f"split is {split!r}; expected test or val.")
-    data = build_section("data", config.get("data", {}))
+    data = stored_data_section(config.get("data", {}), data_dir=data_dir)
     seed = int(config.get("train", {}).get("seed", 0))
-    if data.dataset == "imagefolder":
-        data = dataclasses.replace(
-            data,
-            data_dir=data_dir or data.data_dir,
-            eval_batch_size=batch_size or data.eval_batch_size,
-        )
-        loaders, _ = setup_imagefolder(data, seed, device)
-        loader = loaders.test if split == "test" else loaders.val
-        if loader is None:
-            raise ConfigError(f"the run has no {split} split (val_size was {data.val_size}).")
-        return loader  # type: ignore[return-value]
-    splits = load_splits(data.dataset, data_dir or data.data_dir, data.subset, data.val_size, seed)
-    x, y = (splits.test_x, splits.test_y) if split == "test" else (splits.val_x, splits.val_y)
-    if len(y) == 0:
+    splits = load_run_splits(data, seed)
+    if splits.count(split) == 0:
         raise ConfigError(f"the run has no {split} split (val_size was {data.val_size}).")
     size = eval_batch(data, batch_size)
-    return DeviceLoader(x, y, size, splits.info, device, shuffle=False, augment=False, seed=seed)
+    return splits.loader(split, size, device, seed=seed, workers=data.workers)
 
 
 def eval_run(

@@ -3,27 +3,14 @@ spiking run folders only."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from spikebridge.data.spec import DATASET_INFO
+from spikebridge.data import recorded_info
+from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import rundir
 from spikebridge.errors import ConfigError
 
 EXPORT_FORMATS = ("nir",)
-
-
-def _input_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
-    """One image ``(C, H, W)`` of the run's dataset (from the dataset's description)."""
-    dataset = config.get("data", {}).get("dataset")
-    info = DATASET_INFO.get(dataset)
-    if info is None:
-        raise ConfigError(
-            f"the input size of dataset {dataset!r} is unknown; pass input_shape (C, H, W)."
-        )
-    channels = int(config.get("model", {}).get("in_channels") or info.in_channels)
-    return channels, info.image_size, info.image_size
 
 
 def export_run(
@@ -55,8 +42,13 @@ def export_run(
 
     path = Path(out) if out is not None else Path(run_dir) / f"model.{fmt}"
     rundir.check_output_file(path, "-o", f"model.{fmt}")
-    info = DATASET_INFO.get(config.get("data", {}).get("dataset"))
+    try:  # the recorded shape and normalization (older runs: the dataset's constants)
+        info = recorded_info(config, ckpt.read_json(Path(run_dir) / ckpt.SUMMARY_FILE))
+    except ConfigError:
+        if input_shape is None:
+            raise
+        info = None
     normalization = (info.mean, info.std) if info is not None else None
-    export_nir(model, path, input_shape or _input_shape(config), target=target,
-               normalization=normalization)  # fmt: skip
+    shape = input_shape or info.shape  # type: ignore[union-attr]
+    export_nir(model, path, shape, target=target, normalization=normalization)
     return path

@@ -50,6 +50,7 @@ from spikebridge.runs.setup import (
     setup_data,
     setup_model,
     setup_runtime,
+    with_dataset,
     write_config,
 )
 from spikebridge.runs.train import make_summary, train_run
@@ -229,7 +230,7 @@ def _distill_steps(config: Config, device: Any, log: Log) -> dict[str, Any]:
         return done
     teacher, teacher_accuracy = load_teacher(config.distill, device)
     loaders, info = setup_data(config.data, config.train.seed, device)
-    config = config.replace("model", num_classes=info.num_classes, in_channels=info.in_channels)
+    config = with_dataset(config, info)
     if config.train.resume:
         check_resumable(run_dir, config)
     check_teacher_fits(teacher, info.num_classes, config.distill)
@@ -246,6 +247,7 @@ def _distill_steps(config: Config, device: Any, log: Log) -> dict[str, Any]:
         task = make_task(config.distill, teacher)
         result = fit(model, task, loaders, config.optim, config.train, run_dir, log)
         summary = distill_summary(config, model, result, run_dir, teacher_accuracy)
+        summary["dataset_info"] = info.to_dict()
         summary.update(measure_step(model, loaders, log))  # firing, SOPs, energy (METHODS 3)
         if ddp.is_main_process():
             ckpt.write_json(run_dir / ckpt.SUMMARY_FILE, summary)  # last: the run is finished

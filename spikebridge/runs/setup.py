@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from spikebridge.config import DEFAULT_RUNS_DIR, Config, DataConfig, TrainConfig, load_config
-from spikebridge.data import DatasetInfo, DeviceLoader, load_splits
-from spikebridge.data.imagefolder import ImageFolderLoader, load_imagefolder
+from spikebridge.data import DatasetInfo, load_dataset, make_loaders, parse_augment
 from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import distributed as ddp
 from spikebridge.engine import rundir
@@ -41,6 +40,9 @@ RUNTIME_KEYS = frozenset(
         "data.data_dir",
     }
 )
+
+# Keys a run records from its dataset (normalization); runs stored before have none.
+RECORDED_KEYS = frozenset({"data.mean", "data.std"})
 
 
 def eval_batch(data: DataConfig, batch_size: int | None = None) -> int:
@@ -72,55 +74,31 @@ def setup_runtime(cfg: TrainConfig) -> torch.device:
     return resolve_device(cfg.device)
 
 
-def setup_imagefolder(
-    cfg: DataConfig, seed: int, device: torch.device, rank: int = 0, world_size: int = 1
-) -> tuple[Loaders, DatasetInfo]:
-    """ImageNet-layout folders: lazily decoded in worker processes (ROOT/val is the test set)."""
-    if not cfg.data_dir:
-        raise ConfigError(
-            "--dataset imagefolder needs --data-dir ROOT (with ROOT/train, ROOT/val)."
-        )
-    splits = load_imagefolder(cfg.data_dir, cfg.image_size, cfg.val_size, seed, cfg.subset)
-    eval_size = eval_batch(cfg)
-
-    def loader(ds: Any, batch: int, train: bool) -> ImageFolderLoader | None:
-        if not train and len(ds) == 0:
-            return None
-        # Training drops a short last batch, unless it is the only one (fewer images than
-        # the batch size: the folder still trains, on one smaller batch per epoch).
-        drop_last = train and len(ds) >= batch * world_size
-        return ImageFolderLoader(
-            ds, batch, splits.info, device, shuffle=train, augment=train and cfg.augment,
-            seed=seed, drop_last=drop_last, rank=rank if train else 0,
-            world_size=world_size if train else 1, num_workers=cfg.workers,
-        )  # fmt: skip
-
-    train = loader(splits.train, cfg.batch_size, True)
-    loaders = Loaders(
-        train, loader(splits.val, eval_size, False), loader(splits.test, eval_size, False)
-    )
-    return loaders, splits.info
+def load_run_splits(cfg: DataConfig, seed: int, whole_test_set: bool = False) -> Any:
+    """The registry's splits of a data section (``whole_test_set``: the whole test file)."""
+    return load_dataset(
+        cfg.dataset, cfg.data_dir, None if whole_test_set else cfg.subset, cfg.val_size, seed,
+        image_size=cfg.image_size, mean=cfg.mean, std=cfg.std,
+    )  # fmt: skip
 
 
 def setup_data(cfg: DataConfig, seed: int, device: torch.device) -> tuple[Loaders, DatasetInfo]:
-    """Load the splits and wrap them in device loaders (train: shuffled and augmented)."""
-    if cfg.dataset == "imagefolder":
-        return setup_imagefolder(cfg, seed, device, ddp.get_rank(), ddp.get_world_size())
-    splits = load_splits(cfg.dataset, cfg.data_dir, cfg.subset, cfg.val_size, seed)
-    info, eval_size = splits.info, eval_batch(cfg)
-    train = DeviceLoader(
-        splits.train_x, splits.train_y, cfg.batch_size, info, device,
-        shuffle=True, augment=cfg.augment, seed=seed,
-        rank=ddp.get_rank(), world_size=ddp.get_world_size(),  # this rank's shard (torchrun)
+    """Load the splits (any registered dataset) and make the run's loaders: train shuffled,
+    augmented as ``cfg.augment`` says and sharded over ranks; val and test plain."""
+    splits = load_run_splits(cfg, seed)
+    loaders = make_loaders(
+        splits, cfg.batch_size, eval_batch(cfg), device, seed=seed,
+        augment=parse_augment(cfg.augment), rank=ddp.get_rank(),
+        world_size=ddp.get_world_size(), workers=cfg.workers,
     )  # fmt: skip
+    return Loaders(*loaders), splits.info
 
-    def plain(x: torch.Tensor, y: torch.Tensor) -> DeviceLoader | None:
-        if len(y) == 0:
-            return None
-        return DeviceLoader(x, y, eval_size, info, device, shuffle=False, augment=False, seed=seed)
 
-    loaders = Loaders(train, plain(splits.val_x, splits.val_y), plain(splits.test_x, splits.test_y))
-    return loaders, info
+def with_dataset(config: Config, info: DatasetInfo) -> Config:
+    """``config`` with the dataset's class count, channels and normalization recorded (the
+    stored config.json then re-makes the same inputs for eval, convert and export)."""
+    config = config.replace("model", num_classes=info.num_classes, in_channels=info.in_channels)
+    return config.replace("data", mean=info.mean, std=info.std)
 
 
 def setup_model(cfg: ModelConfig, seed: int, device: torch.device) -> nn.Module:
@@ -180,6 +158,8 @@ def check_resumable(run_dir: Path, config: Config) -> None:
     stored = _flatten(base.to_dict())
     current = _flatten(config.to_dict())
     for key in sorted(set(stored) | set(current)):
+        if key in RECORDED_KEYS and stored.get(key) is None:
+            continue  # stored before the dataset's values were recorded: they were the same
         if key not in RUNTIME_KEYS and stored.get(key) != current.get(key):
             raise ConfigError(
                 f"run folder {str(run_dir)!r} was trained with {key}={stored.get(key)!r}, not "

@@ -32,6 +32,7 @@ from spikebridge.runs.setup import (
     setup_data,
     setup_model,
     setup_runtime,
+    with_dataset,
     write_config,
 )
 
@@ -81,7 +82,7 @@ def _train_steps(config: Config, device: torch.device, log: Callable[[str], None
     if config.train.resume and (done := finished_summary(run_dir, log)) is not None:
         return done
     loaders, info = setup_data(config.data, config.train.seed, device)
-    config = config.replace("model", num_classes=info.num_classes, in_channels=info.in_channels)
+    config = with_dataset(config, info)
     if config.train.resume:
         check_resumable(run_dir, config)
     check_run_fits(config, info.image_size, eval_batch(config.data), device.type)
@@ -97,6 +98,7 @@ def _train_steps(config: Config, device: torch.device, log: Callable[[str], None
         task = ClassificationTask()
         result = fit(model, task, loaders, config.optim, config.train, run_dir, log)
         summary = make_summary(config, model, result, run_dir)
+        summary["dataset_info"] = info.to_dict()
         summary.update(measure_step(model, loaders, log))
         if ddp.is_main_process():
             ckpt.write_json(run_dir / ckpt.SUMMARY_FILE, summary)  # last: the run is finished

@@ -222,7 +222,7 @@ def test_layout_errors(folder: Path, tmp_path: Path) -> None:
 
 def test_load_imagefolder_splits(folder: Path) -> None:
     splits = load_imagefolder(folder, image_size=32, val_size=3, seed=4)
-    assert splits.info == imagefolder_info(3, 32) and splits.info.in_channels == 3
+    assert splits.info == imagefolder_info(3, 32, CLASSES) and splits.info.in_channels == 3
     assert len(splits.val) == 3 and len(splits.train) == 3 * N_TRAIN - 3
     assert sorted(splits.val.labels.tolist()) == [0, 1, 2]  # class-balanced
     val = {splits.val.path(i) for i in range(len(splits.val))}

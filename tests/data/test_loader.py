@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import spikebridge.data.loader as loader_module
+import spikebridge.data.registry as registry_module
 from spikebridge.data import DATASETS, DatasetInfo, DeviceLoader, Splits, load_splits
 from spikebridge.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR
 from spikebridge.data.loader import crop_flip, seeded_generator, stratified_order
@@ -41,7 +41,7 @@ def fake_raw(monkeypatch: pytest.MonkeyPatch) -> None:
         _id_images(N_TEST, 10000),
         torch.arange(N_TEST) % 10,
     )
-    monkeypatch.setattr(loader_module, "_load_raw", lambda name, data_dir: raw)
+    monkeypatch.setattr(registry_module, "load_cifar", lambda data_dir, num_classes: raw)
 
 
 def _check_consistent(splits: Splits) -> None:
@@ -90,7 +90,7 @@ def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(ConfigError) as info:
         load_splits("mnist")
     assert all(name in str(info.value) for name in DATASETS)
-    assert DATASETS == ("fashion-mnist", "cifar10", "cifar100", "synthetic")
+    assert DATASETS == ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "idx")
 
 
 def test_synthetic_splits() -> None:
