@@ -216,7 +216,7 @@ def convert_run(config: Mapping[str, Any] | Any, log: Callable[[str], None] = pr
         # firing, SOPs and energy at every t from one pass at the largest T; the top-level
         # figures at the deployment T (measured_timesteps) (METHODS 3)
         summary.update(measure_run(snn, loader, timesteps=max(T, tune_t), headline_t=tune_t))
-        _write_converted(out_dir, ann_config, snn, options, summary, T)
+        write_converted(out_dir, ann_config, snn, options, summary, T)
     log(format_accuracy_table(summary))
     if trails := selection_warning(summary):
         log(trails)
@@ -265,17 +265,20 @@ def _add_report_parts(summary: dict[str, Any], snn: nn.Module, source: str | Non
         summary["reference_selection"] = {**report.selection.to_dict(), "source": source}
 
 
-def _write_converted(
-    out_dir: Path, config: dict, snn: nn.Module, options: dict, summary: dict, max_t: int
-) -> None:
-    """config.json (ANN data/train + converted model + conversion options), weights, reports."""
+def write_converted(
+    out_dir: Path, config: dict, snn: nn.Module, options: dict, summary: dict, max_t: int,
+    report: str | None = None,
+) -> None:  # fmt: skip
+    """config.json (ANN data/train + converted model + conversion options), weights, the
+    report (``report``, or the one-method report of ``summary``), summary.json last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model_cfg = dataclasses.replace(snn.config, timesteps=max_t)  # type: ignore[arg-type]
     stored = {k: v for k, v in config.items() if k in ("data", "train")}
     stored |= {"model": model_cfg.to_dict(), "conversion": options}
     ckpt.write_json(out_dir / ckpt.CONFIG_FILE, stored)
     ckpt.save_weights(snn, out_dir / ckpt.BEST_WEIGHTS, {"converted": "1"})
-    ckpt.write_text(out_dir / REPORT_FILE, _report_markdown(summary, snn))
+    text = report if report is not None else _report_markdown(summary, snn)
+    ckpt.write_text(out_dir / REPORT_FILE, text)
     ckpt.write_json(out_dir / ckpt.SUMMARY_FILE, summary)  # last: the folder is finished
 
 

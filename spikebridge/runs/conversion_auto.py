@@ -27,7 +27,6 @@ from torch import nn
 
 import spikebridge.conversion as conversion
 from spikebridge.conversion.selection import Labelled, correct_by_timestep
-from spikebridge.engine import checkpoint as ckpt
 from spikebridge.engine import rundir
 from spikebridge.engine.evaluate import evaluate
 from spikebridge.errors import ConfigError, ModelError
@@ -172,7 +171,10 @@ def auto_run(config: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
         options = {"ann_run": str(ann_path), "method": AUTO, "timesteps": T,
                    "report_at": wanted, "tune_timesteps": tune_t,
                    "calibration_size": config.calibration_size, "kept": kept}  # fmt: skip
-        _write(out_dir, ann_config, candidates[kept], options, summary, report, T)
+        rc.write_converted(
+            out_dir, ann_config, candidates[kept], options, summary, T,
+            _auto_markdown(options["ann_run"], report),
+        )  # fmt: skip
     log(report.to_markdown())
     return summary
 
@@ -198,20 +200,10 @@ def _auto_summary(
     }  # fmt: skip
 
 
-def _write(
-    out_dir: Path, config: dict, snn: nn.Module, options: dict, summary: dict,
-    report: AutoReport, max_t: int,
-) -> None:  # fmt: skip
-    """config.json, the kept model's weights, conversion.md with the table, summary.json."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_cfg = dataclasses.replace(snn.config, timesteps=max_t)  # type: ignore[arg-type]
-    stored = {k: v for k, v in config.items() if k in ("data", "train")}
-    stored |= {"model": model_cfg.to_dict(), "conversion": options}
-    ckpt.write_json(out_dir / ckpt.CONFIG_FILE, stored)
-    ckpt.save_weights(snn, out_dir / ckpt.BEST_WEIGHTS, {"converted": "1"})
-    text = [f"# Conversion of {options['ann_run']}: method auto", "",
+def _auto_markdown(ann_run: str, report: AutoReport) -> str:
+    """conversion.md of an auto run: the table of every method at every total T."""
+    text = [f"# Conversion of {ann_run}: method auto", "",
             "Every method scored on held-out images at every total T (time-steps including "
             "any dry steps); the kept one in bold; test accuracy of the kept ones in "
             "summary.json.", "", report.to_markdown()]  # fmt: skip
-    ckpt.write_text(out_dir / "conversion.md", "\n".join(text) + "\n")
-    ckpt.write_json(out_dir / ckpt.SUMMARY_FILE, summary)  # last: the folder is finished
+    return "\n".join(text) + "\n"

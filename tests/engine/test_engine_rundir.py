@@ -281,7 +281,7 @@ def test_convert_refuses_a_spiking_input(converted, tmp_path, capsys):
 def test_a_conversion_cut_before_its_summary_is_unfinished_and_reruns(
     reference, converted, tmp_path, monkeypatch, capsys
 ):
-    out, real = tmp_path / "conv", conversion._write_converted
+    out, real = tmp_path / "conv", conversion.write_converted
 
     def killed_before_summary(out_dir, *args):
         real(out_dir, *args)
@@ -289,7 +289,7 @@ def test_a_conversion_cut_before_its_summary_is_unfinished_and_reruns(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(conversion, "_write_converted", killed_before_summary)
+        patch.setattr(conversion, "write_converted", killed_before_summary)
         with pytest.raises(KeyboardInterrupt):
             options = {"calibration_size": 32, "out": out, "device": "cpu"}
             convert_run({"ann_run": reference, "method": "maxnorm", "report_at": [1, 2],
